@@ -95,5 +95,7 @@ class DiTConfig:
 OFFICIAL_14B = DiTConfig()
 
 #: A tiny architecture for tests: same structure, small widths (runs in milliseconds on CPU).
-TINY = DiTConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, freq_dim=32, text_dim=32,
+#: Head dim stays 128 as in the release, so ``num_heads = dim // 128`` (ComfyUI's and our
+#: shape-based config detection rule) holds for it too.
+TINY = DiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, freq_dim=32, text_dim=32,
                  text_len=16, clip_dim=48)
