@@ -1,0 +1,251 @@
+"""Video and image I/O with PyAV: read a driving video at a target fps, write H.264 clips, read images.
+
+Frames are always ``uint8`` arrays ``[N, H, W, 3]`` in RGB order.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Sequence
+
+import av
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+__all__ = [
+    "VideoReadError",
+    "VideoReadInfo",
+    "read_video",
+    "write_video",
+    "read_image",
+    "frame_count_for_rule",
+    "FRAME_COUNT_RULES",
+]
+
+FRAME_COUNT_RULES = ("4n+1", "any")
+
+
+class VideoReadError(ValueError):
+    """A video or image file could not be used (missing, unreadable, corrupt, empty, no video stream)."""
+
+
+@dataclass(frozen=True)
+class VideoReadInfo:
+    """What ``read_video`` did to the source, so callers can report it to the user."""
+
+    path: str
+    source_fps: float
+    duration_s: float | None
+    frames_decoded: int
+    target_fps: float | None
+    resampled_frames: int
+    output_frames: int
+    frame_count_rule: str
+    source_indices: tuple[int, ...] = field(repr=False)
+
+    def summary(self) -> str:
+        duration = "unknown" if self.duration_s is None else f"{self.duration_s:.2f}s"
+        target = "native fps" if self.target_fps is None else f"{self.target_fps:g} fps"
+        text = (
+            f"{os.path.basename(self.path)}: {self.source_fps:.3f} fps, duration {duration}, "
+            f"{self.frames_decoded} frames decoded, {self.resampled_frames} frames at {target}"
+        )
+        if self.output_frames != self.resampled_frames:
+            text += f", trimmed to {self.output_frames} ({self.frame_count_rule})"
+        return text
+
+
+def frame_count_for_rule(count: int, rule: str) -> int:
+    """The largest frame count <= ``count`` allowed by ``rule`` ("4n+1": Wan's VAE packs 1 + 4k frames)."""
+    if rule not in FRAME_COUNT_RULES:
+        raise ValueError(f"frame_count_rule must be one of {FRAME_COUNT_RULES}, got {rule!r}")
+    if count < 1:
+        return 0
+    if rule == "4n+1":
+        return (count - 1) // 4 * 4 + 1
+    return count
+
+
+def _open_container(path: Path) -> av.container.InputContainer:
+    if not path.is_file():
+        raise VideoReadError(f"video file not found: {path}")
+    if path.stat().st_size == 0:
+        raise VideoReadError(f"video file is empty (0 bytes): {path}")
+    try:
+        return av.open(str(path), mode="r")
+    except av.error.FFmpegError as exc:
+        raise VideoReadError(f"cannot read {path} as a video (corrupt or unsupported file): {exc}") from exc
+
+
+def _frame_time(frame: av.VideoFrame, index: int, stream: av.video.stream.VideoStream, fps: Fraction) -> Fraction:
+    """Presentation time of a decoded frame as an exact fraction; falls back to index/fps without timestamps."""
+    if frame.pts is not None and stream.time_base is not None:
+        return frame.pts * Fraction(stream.time_base)
+    return index / fps
+
+
+def read_video(
+    path: str | os.PathLike,
+    *,
+    fps: float | None = 16.0,
+    max_frames: int | None = None,
+    frame_count_rule: str = "4n+1",
+) -> tuple[np.ndarray, VideoReadInfo]:
+    """Decode a video to RGB frames, resampled to ``fps`` (``None`` keeps every source frame).
+
+    Resampling picks, for each output time ``k / fps`` (measured from the first frame), the source frame
+    whose timestamp is nearest (ties go to the earlier frame), so 30 fps -> 16 fps drops frames and
+    8 fps -> 16 fps repeats them. The count is capped at ``max_frames`` and then trimmed to the largest
+    count the ``frame_count_rule`` allows. Decoding stops as soon as enough frames are selected.
+    """
+    if frame_count_rule not in FRAME_COUNT_RULES:
+        raise ValueError(f"frame_count_rule must be one of {FRAME_COUNT_RULES}, got {frame_count_rule!r}")
+    if fps is not None and not fps > 0:
+        raise ValueError(f"fps must be positive or None (native), got {fps!r}")
+    if max_frames is not None:
+        if max_frames < 1:
+            raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+        if frame_count_for_rule(max_frames, frame_count_rule) != max_frames:
+            raise ValueError(
+                f"max_frames={max_frames} breaks the {frame_count_rule} rule; "
+                f"use {frame_count_for_rule(max_frames, frame_count_rule)} or {frame_count_for_rule(max_frames + 4, frame_count_rule)}"
+            )
+    path = Path(path)
+    container = _open_container(path)
+    with container:
+        if not container.streams.video:
+            raise VideoReadError(f"{path} has no video stream")
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        source_fps = Fraction(rate) if rate else Fraction(0)
+        duration_s = None
+        if stream.duration is not None and stream.time_base is not None:
+            duration_s = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration_s = container.duration / av.time_base
+        target_period = None if fps is None else 1 / Fraction(fps).limit_denominator(100000)
+
+        selected: list[np.ndarray] = []
+        source_indices: list[int] = []
+        decoded = 0
+        start_time: Fraction | None = None
+        previous: tuple[int, Fraction, av.VideoFrame] | None = None
+
+        def select(index: int, frame: av.VideoFrame) -> None:
+            # Repeated selections of one source frame (upsampling) share the converted array.
+            if source_indices and source_indices[-1] == index:
+                selected.append(selected[-1])
+            else:
+                selected.append(frame.to_ndarray(format="rgb24"))
+            source_indices.append(index)
+
+        def full() -> bool:
+            return max_frames is not None and len(selected) >= max_frames
+
+        try:
+            for frame in container.decode(stream):
+                time = _frame_time(frame, decoded, stream, source_fps or Fraction(30))
+                if start_time is None:
+                    start_time = time
+                time -= start_time
+                if target_period is None:
+                    select(decoded, frame)
+                else:
+                    # Emit every target time that lies before this frame, choosing between it and the previous one.
+                    while not full():
+                        target = len(selected) * target_period
+                        if time < target:
+                            break
+                        if previous is not None and (target - previous[1]) <= (time - target):
+                            select(previous[0], previous[2])
+                        else:
+                            select(decoded, frame)
+                    previous = (decoded, time, frame)
+                decoded += 1
+                if full():
+                    break
+        except av.error.FFmpegError as exc:
+            raise VideoReadError(f"{path} is corrupt: decoding failed after {decoded} frames: {exc}") from exc
+
+        if target_period is not None and previous is not None and not full():
+            # The last frame covers target times up to half a source period after it (ties go to it, the earlier frame).
+            source_period = 1 / source_fps if source_fps else target_period
+            while not full() and len(selected) * target_period - previous[1] <= source_period / 2:
+                select(previous[0], previous[2])
+
+    if decoded == 0 or not selected:
+        raise VideoReadError(f"{path} contains no decodable video frames")
+    resampled = len(selected)
+    keep = frame_count_for_rule(resampled, frame_count_rule)
+    frames = np.stack(selected[:keep])
+    info = VideoReadInfo(
+        path=str(path),
+        source_fps=float(source_fps),
+        duration_s=duration_s,
+        frames_decoded=decoded,
+        target_fps=None if fps is None else float(fps),
+        resampled_frames=resampled,
+        output_frames=keep,
+        frame_count_rule=frame_count_rule,
+        source_indices=tuple(source_indices[:keep]),
+    )
+    return frames, info
+
+
+def _as_frame_array(frames: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+    array = np.asarray(frames) if not isinstance(frames, np.ndarray) else frames
+    if array.ndim != 4 or array.shape[-1] != 3:
+        raise ValueError(f"frames must be [N, H, W, 3] RGB, got shape {array.shape}")
+    if array.shape[0] == 0:
+        raise ValueError("cannot write a video with 0 frames")
+    if array.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8, got {array.dtype}")
+    return array
+
+
+def write_video(
+    frames: np.ndarray | Sequence[np.ndarray],
+    path: str | os.PathLike,
+    fps: float = 16.0,
+    *,
+    crf: int = 18,
+) -> tuple[int, int]:
+    """Write RGB uint8 frames as an H.264 (yuv420p) mp4; returns the written (width, height).
+
+    yuv420p needs even sizes, so an odd width or height is padded by one replicated edge column/row
+    (never cropped: no content is lost).
+    """
+    array = _as_frame_array(frames)
+    if not fps > 0:
+        raise ValueError(f"fps must be positive, got {fps!r}")
+    pad_h, pad_w = array.shape[1] % 2, array.shape[2] % 2
+    if pad_h or pad_w:
+        array = np.pad(array, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    height, width = array.shape[1:3]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": str(crf)}
+        for image in array:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return width, height
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image as RGB uint8 ``[H, W, 3]``; alpha is dropped, not composited (as the official loader)."""
+    path = Path(path)
+    if not path.is_file():
+        raise VideoReadError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise VideoReadError(f"cannot read {path} as an image (corrupt or unsupported format): {exc}") from exc
+
