@@ -1,0 +1,75 @@
+"""The mediapipe backend on the real example images. Runs only in the optional mediapipe environment
+(.venv-mediapipe, see README); elsewhere the whole module is skipped with the reason."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip(
+    "mediapipe.python.solutions.pose",
+    reason="mediapipe==0.10.21 is not installed here; these tests run in .venv-mediapipe (see README)",
+)
+
+from steadydancer_core.pose.detect import create_detector  # noqa: E402
+from steadydancer_core.pose.detect.mediapipe_backend import MediaPipeDetector  # noqa: E402
+from steadydancer_core.video import read_image, read_video  # noqa: E402
+
+EXAMPLES = ("video00001_img00001", "video00002_img00002")
+NOSE, NECK, R_SHO, R_ELB, R_WRI, L_SHO, L_ELB, L_WRI, R_HIP, L_HIP = 0, 1, 2, 3, 4, 5, 6, 7, 8, 11
+R_EYE, L_EYE, R_EAR, L_EAR = 14, 15, 16, 17
+
+
+@pytest.fixture(scope="module")
+def detector() -> MediaPipeDetector:
+    with MediaPipeDetector() as detector:
+        yield detector
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_reference_images_give_a_plausible_upright_skeleton(detector: MediaPipeDetector, shared_dir: Path,
+                                                            example: str) -> None:
+    image = read_image(shared_dir / "data" / "official_examples" / example / "ref_image.png")
+    frame = detector.detect(image)
+    assert (frame.width, frame.height) == (image.shape[1], image.shape[0])
+    assert len(frame.people) == 1
+    person = frame.people[0]
+    # both reference images are frontal half-body portraits: head, shoulders, elbows visible
+    for joint in (NOSE, NECK, R_SHO, L_SHO, R_ELB, L_ELB, R_EYE, L_EYE):
+        assert person.body_visible[joint], f"joint {joint} not visible"
+    # pixels, so proportions are not distorted by the image aspect
+    body = person.body * [frame.width, frame.height]
+    x, y = body[:, 0], body[:, 1]
+    shoulder_width = np.linalg.norm(body[R_SHO] - body[L_SHO])
+    # facing the camera: the person's right side is on the image's left
+    assert x[R_SHO] < x[NECK] < x[L_SHO]
+    assert x[R_EYE] < x[L_EYE] and x[R_EAR] < x[L_EAR]
+    assert abs(y[NECK] - (y[R_SHO] + y[L_SHO]) / 2) < 0.05 * shoulder_width  # neck = shoulder midpoint
+    assert y[R_EYE] < y[NOSE] < y[NECK] and y[L_EYE] < y[NOSE]
+    assert y[R_ELB] > y[R_SHO] and y[L_ELB] > y[L_SHO]  # arms hang down
+    assert 0.2 * image.shape[1] < shoulder_width < 0.8 * image.shape[1]
+    head = np.linalg.norm(body[NOSE] - body[NECK])
+    assert 0.3 < head / shoulder_width < 1.0
+    for upper in (np.linalg.norm(body[R_SHO] - body[R_ELB]), np.linalg.norm(body[L_SHO] - body[L_ELB])):
+        assert 0.5 < upper / shoulder_width < 1.5
+    eye_distance = np.linalg.norm(body[R_EYE] - body[L_EYE])
+    assert 0.1 < eye_distance / shoulder_width < 0.5
+    for hip in (R_HIP, L_HIP):  # hips, visible or at least predicted, lie below the shoulders
+        assert y[hip] > y[NECK] + 0.5 * shoulder_width
+    assert not person.face_visible.any()  # BlazePose has no 68-point face
+
+
+def test_driving_frame_hands_sit_on_their_own_wrists(shared_dir: Path) -> None:
+    frames, _ = read_video(shared_dir / "data" / "official_examples" / EXAMPLES[0] / "driving_video.mp4", max_frames=1)
+    detector = create_detector("mediapipe")
+    try:
+        person = detector.detect(frames[0]).people[0]
+    finally:
+        detector.close()
+    assert person.hand_visible.all(), "both hands are in view in frame 0"
+    body = person.body * [frames.shape[2], frames.shape[1]]
+    hands = person.hands * [frames.shape[2], frames.shape[1]]
+    shoulder_width = np.linalg.norm(body[R_SHO] - body[L_SHO])
+    for hand, wrist in ((0, L_WRI), (1, R_WRI)):
+        own = np.linalg.norm(hands[hand, 0] - body[wrist])
+        other = np.linalg.norm(hands[hand, 0] - body[R_WRI if wrist == L_WRI else L_WRI])
+        assert own < 0.5 * shoulder_width and own < other

@@ -1,0 +1,83 @@
+"""The mediapipe backend's BlazePose -> OpenPose-18 mapping and hand assignment (plain NumPy, runs in the
+main environment), and its clear error when mediapipe is absent."""
+import importlib.util
+
+import numpy as np
+import pytest
+
+from steadydancer_core.pose.detect import create_detector
+from steadydancer_core.pose.detect.mediapipe_backend import BackendUnavailable, assign_hands, blazepose_to_body
+
+
+def _landmarks(visibility: np.ndarray | None = None) -> np.ndarray:
+    """BlazePose landmark i at (i/100, i/50) so each index is recognisable after mapping."""
+    index = np.arange(33, dtype=np.float64)
+    visibility = np.full(33, 0.9) if visibility is None else visibility
+    return np.stack([index / 100, index / 50, visibility], -1)
+
+
+def test_blazepose_to_openpose_mapping() -> None:
+    body, score, visible = blazepose_to_body(_landmarks(), threshold=0.5)
+    # reference/pose_pipeline.md §7: 0←0, 2←12, 3←14, 4←16, 5←11, 6←13, 7←15, 8←24, 9←26, 10←28,
+    # 11←23, 12←25, 13←27, 14←5, 15←2, 16←8, 17←7
+    table = {0: 0, 2: 12, 3: 14, 4: 16, 5: 11, 6: 13, 7: 15, 8: 24, 9: 26, 10: 28, 11: 23, 12: 25, 13: 27,
+             14: 5, 15: 2, 16: 8, 17: 7}
+    for openpose, blazepose in table.items():
+        np.testing.assert_allclose(body[openpose], [blazepose / 100, blazepose / 50])
+    np.testing.assert_allclose(body[1], [11.5 / 100, 11.5 / 50])  # neck = mean(11, 12)
+    assert visible.all() and np.allclose(score, 0.9)
+
+
+def test_visibility_threshold_and_neck_score() -> None:
+    visibility = np.full(33, 0.9)
+    visibility[12] = 0.4  # right shoulder
+    visibility[0] = 0.51
+    body, score, visible = blazepose_to_body(_landmarks(visibility), threshold=0.5)
+    assert not visible[2] and visible[0]
+    assert score[1] == pytest.approx(0.4) and not visible[1]  # neck takes the weaker shoulder
+    with pytest.raises(ValueError, match="33"):
+        blazepose_to_body(np.zeros((17, 3)), 0.5)
+
+
+def _body_with_wrists(left: tuple, right: tuple) -> tuple[np.ndarray, np.ndarray]:
+    body = np.zeros((18, 2))
+    body[7], body[4] = left, right
+    return body, np.ones(18, bool)
+
+
+def test_hands_go_to_the_nearest_wrist() -> None:
+    body, visible = _body_with_wrists(left=(0.7, 0.5), right=(0.3, 0.5))
+    near_left = np.full((21, 2), 0.69)
+    near_right = np.full((21, 2), 0.31)
+    # labels deliberately wrong: wrist proximity wins when both wrists are visible
+    coords, scores, hand_visible = assign_hands([near_right, near_left], ["Right", "Right"], [0.9, 0.8], body, visible)
+    np.testing.assert_allclose(coords[0], near_left)
+    np.testing.assert_allclose(coords[1], near_right)
+    np.testing.assert_allclose(scores[:, 0], [0.8, 0.9])
+    assert hand_visible.all()
+
+
+def test_hand_labels_are_swapped_without_wrists() -> None:
+    body, visible = _body_with_wrists(left=(0.7, 0.5), right=(0.3, 0.5))
+    visible[7] = False
+    hand = np.full((21, 2), 0.5)
+    # mediapipe labels hands for a mirrored image: "Left" is the person's right hand in a normal photo
+    coords, _, hand_visible = assign_hands([hand], ["Left"], [0.9], body, visible)
+    assert hand_visible[1].all() and not hand_visible[0].any()
+    np.testing.assert_allclose(coords[1], hand)
+
+
+def test_two_hands_on_one_side_split_by_confidence() -> None:
+    body, visible = _body_with_wrists(left=(0.7, 0.5), right=(0.3, 0.5))
+    first, second = np.full((21, 2), 0.71), np.full((21, 2), 0.72)
+    coords, scores, _ = assign_hands([first, second], ["Right", "Right"], [0.6, 0.95], body, visible)
+    np.testing.assert_allclose(coords[0], second)  # the more confident hand keeps the nearer side
+    np.testing.assert_allclose(coords[1], first)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mediapipe") is not None and
+                    importlib.util.find_spec("mediapipe").origin is not None,
+                    reason="mediapipe is installed here; the missing-package error cannot be observed")
+def test_missing_mediapipe_is_one_clear_error() -> None:
+    with pytest.raises(BackendUnavailable, match="mediapipe==0.10.21"):
+        create_detector("mediapipe")
