@@ -1,0 +1,123 @@
+"""Scaled-fp8 checkpoints (ComfyUI / Kijai conventions) folded back into plain weights.
+
+Conventions handled (facts from ComfyUI ``comfy/utils.py:convert_old_quants`` and Kijai's
+``WanVideoModelLoader``):
+
+* ``<layer>.weight`` stored as ``float8_e4m3fn`` / ``float8_e5m2`` with a per-tensor scale in
+  ``<layer>.scale_weight`` (old ComfyUI / Kijai) or ``<layer>.weight_scale`` (newer ComfyUI);
+  real weight = ``weight.float() * scale``.
+* optional ``scaled_fp8`` marker tensor (its dtype names the fp8 format; content unused);
+* optional ``<layer>.scale_input`` / ``<layer>.input_scale``: activation scales for fp8 matmul
+  kernels. Once weights are dequantised to the compute dtype there is no fp8 matmul, so they are
+  consumed (not model parameters) without effect;
+* newer ComfyUI per-layer configs, as ``<layer>.comfy_quant`` uint8 JSON tensors or the
+  ``_quantization_metadata`` safetensors metadata entry: accepted for fp8 formats; other formats
+  (nvfp4, mxfp8, int8 ...) cannot be dequantised this way and raise.
+
+fp8 weights without any scale are plain fp8 casts (scale 1).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import torch
+
+from .checkpoint_errors import CheckpointError
+
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+WEIGHT_SCALE_SUFFIXES = (".scale_weight", ".weight_scale")
+INPUT_SCALE_SUFFIXES = (".scale_input", ".input_scale")
+QUANT_CONF_SUFFIX = ".comfy_quant"
+MARKER_KEY = "scaled_fp8"
+QUANT_METADATA_KEY = "_quantization_metadata"
+DEQUANTIZABLE_FORMATS = frozenset({"float8_e4m3fn", "float8_e5m2"})
+
+
+@dataclass
+class QuantizationPlan:
+    """How to turn the stored tensors of a checkpoint into model parameters."""
+
+    weight_scales: dict[str, str] = field(default_factory=dict)  # weight key -> its scale key
+    auxiliary_keys: set[str] = field(default_factory=set)        # bookkeeping keys, not parameters
+
+    @property
+    def is_scaled(self) -> bool:
+        return bool(self.weight_scales)
+
+
+def _layer_of(key: str, suffixes: Sequence[str]) -> str | None:
+    for suffix in suffixes:
+        if key.endswith(suffix):
+            return key[: -len(suffix)]
+    return None
+
+
+def _check_format(layer: str, conf: object, source: str) -> None:
+    fmt = conf.get("format") if isinstance(conf, dict) else conf
+    if fmt not in DEQUANTIZABLE_FORMATS:
+        raise CheckpointError(
+            f"{source}: layer {layer!r} is quantised as {fmt!r}; only scaled fp8 "
+            f"({', '.join(sorted(DEQUANTIZABLE_FORMATS))}) can be loaded by the SteadyDancer core loader — "
+            "load this file through ComfyUI's own loader (with comfy-kitchen) or use a bf16/fp16/fp8-scaled file")
+
+
+def plan_dequantization(shapes: Mapping[str, Sequence[int]], metadata: Mapping[str, str],
+                        read_tensor: Callable[[str], torch.Tensor], source: str) -> QuantizationPlan:
+    """Find scale/marker keys among ``shapes`` (canonical key -> shape) and validate them.
+
+    ``read_tensor`` loads a small tensor by canonical key (used for ``.comfy_quant`` configs only).
+    Raises :class:`CheckpointError` for a scale without its weight, a non-scalar scale, or a
+    quantisation format other than fp8.
+    """
+    plan = QuantizationPlan()
+    for key, shape in shapes.items():
+        if key == MARKER_KEY:
+            plan.auxiliary_keys.add(key)
+        elif (layer := _layer_of(key, WEIGHT_SCALE_SUFFIXES)) is not None:
+            weight_key = f"{layer}.weight"
+            if weight_key not in shapes:
+                raise CheckpointError(f"{source}: scale {key!r} has no weight {weight_key!r} to apply to")
+            if weight_key in plan.weight_scales:
+                raise CheckpointError(f"{source}: {weight_key!r} has two scales "
+                                      f"({plan.weight_scales[weight_key]!r} and {key!r})")
+            numel = 1
+            for size in shape:
+                numel *= size
+            if numel != 1:
+                raise CheckpointError(f"{source}: {key!r} has shape {list(shape)}; a per-tensor scale "
+                                      "(one value) is expected")
+            plan.weight_scales[weight_key] = key
+            plan.auxiliary_keys.add(key)
+        elif _layer_of(key, INPUT_SCALE_SUFFIXES) is not None:
+            plan.auxiliary_keys.add(key)
+        elif (layer := _layer_of(key, (QUANT_CONF_SUFFIX,))) is not None:
+            raw = read_tensor(key)
+            try:
+                conf = json.loads(bytes(raw.to(torch.uint8).flatten().tolist()).decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise CheckpointError(f"{source}: {key!r} is not a JSON quantisation config ({err})") from err
+            _check_format(layer, conf, source)
+            plan.auxiliary_keys.add(key)
+
+    if QUANT_METADATA_KEY in metadata:
+        try:
+            layers = json.loads(metadata[QUANT_METADATA_KEY]).get("layers", {})
+        except (json.JSONDecodeError, AttributeError) as err:
+            raise CheckpointError(f"{source}: metadata {QUANT_METADATA_KEY!r} is not valid JSON ({err})") from err
+        for layer, conf in layers.items():
+            _check_format(layer, conf, source)
+    return plan
+
+
+def dequantize(weight: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """``weight.float() * scale`` cast to ``dtype``.
+
+    The product is formed in float32 (exact for fp8 x fp32-scalar up to one rounding) and rounded to
+    ``dtype`` once, so a bf16 load equals ``(fp8.float() * scale).to(bf16)`` bit for bit.
+    """
+    value = weight.float()
+    if scale is not None:
+        value = value * scale.float().reshape(())
+    return value.to(dtype)
