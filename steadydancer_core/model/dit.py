@@ -177,7 +177,7 @@ class SteadyDancerDiT(nn.Module):
 
         # Time embedding: float64 sinusoid, then the compute dtype.
         timestep = timestep.to(device).flatten().expand(b)
-        e = self.time_embedding(sinusoidal_embedding(timestep, cfg.freq_dim).to(dtype))
+        e = self.time_embedding(sinusoidal_embedding(timestep, cfg.freq_dim).to(device=device, dtype=dtype))
         e0 = self.time_projection(e).unflatten(1, (6, cfg.dim))
 
         # Context: CLIP tokens (reference + first pose frame, summed) then text padded to text_len.

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from .attention import AttentionFn
-from .rope import apply_rope
+from .rope import apply_rope, float64_device
 
 # ``torch.nn`` or a comfy.ops class: anything with Linear, Conv2d, Conv3d, LayerNorm, GroupNorm.
 Operations = Any
@@ -41,9 +41,12 @@ def new_parameter(
 
 
 def sinusoidal_embedding(timestep: torch.Tensor, dim: int) -> torch.Tensor:
-    """Official Wan timestep sinusoid ``[B, dim]`` in float64: ``[cos(t*f_j), sin(t*f_j)]``, f_j = 10000^(-j/(dim/2))."""
+    """Official Wan timestep sinusoid ``[B, dim]`` in float64: ``[cos(t*f_j), sin(t*f_j)]``, f_j = 10000^(-j/(dim/2)).
+
+    Computed on :func:`float64_device` of the timestep's device; the caller moves/casts the result.
+    """
     half = dim // 2
-    position = timestep.to(torch.float64)
+    position = timestep.to(device=float64_device(timestep.device), dtype=torch.float64)
     freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=position.device) / half)
     angles = torch.outer(position, freqs)
     return torch.cat([angles.cos(), angles.sin()], dim=1)

@@ -13,6 +13,11 @@ import torch
 ROPE_THETA = 10000.0
 
 
+def float64_device(device: torch.device) -> torch.device:
+    """Where float64 math for ``device`` can run: the device itself, or the CPU for MPS (no float64 there)."""
+    return torch.device("cpu") if device.type == "mps" else device
+
+
 def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
     """Channels of each head given to the (frame, row, column) axes."""
     sixth = head_dim // 6
@@ -35,7 +40,9 @@ def rope_cos_sin(
     ``frame_positions`` gives the RoPE frame index of each token frame (the reference frames of
     SteadyDancer continue the video's numbering).
     """
-    device = frame_positions.device
+    target = frame_positions.device
+    device = float64_device(target)  # angles in float64 as released
+    frame_positions = frame_positions.to(device)
     dim_f, dim_h, dim_w = rope_axis_dims(head_dim)
     ang_f = _axis_angles(frame_positions, dim_f)
     ang_h = _axis_angles(torch.arange(height, device=device), dim_h)
@@ -49,7 +56,7 @@ def rope_cos_sin(
         ],
         dim=-1,
     ).reshape(frames * height * width, -1)
-    return angles.cos().to(dtype), angles.sin().to(dtype)
+    return angles.cos().to(device=target, dtype=dtype), angles.sin().to(device=target, dtype=dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int) -> torch.Tensor:
