@@ -1,0 +1,43 @@
+"""Command line: ``python -m steadydancer_core {poses,animate} ...``.
+
+Each sub-command lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``;
+only the chosen one is imported, so ``poses`` never pays for loading diffusers/transformers.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+#: command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "poses": ("steadydancer_core.pose.cli",
+              "driving video + reference image -> aligned positive and negative pose frames"),
+    "animate": ("steadydancer_core.cli_animate",
+                "reference image + pose frames + prompt -> animated mp4 (standalone inference)"),
+}
+
+
+def build_parser(command: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m steadydancer_core",
+                                     description="SteadyDancer: first-frame-preserving human image animation.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        if name == command:
+            module = importlib.import_module(module_name)
+            module.add_arguments(sub)
+            sub.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    args = build_parser(command).parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
