@@ -232,68 +232,98 @@ def _apply_official(person: PersonPose, alignment: Alignment, video_aspect: floa
                           bbox=None)
 
 
-def _apply_robust(person: PersonPose, alignment: Alignment, video_aspect: float) -> PersonPose:
+def _scale_about(points: np.ndarray, center: np.ndarray, scale: float) -> np.ndarray:
+    """Vectorised ``_official_scale_about`` for a finite scale, same bits: with angle 0 the official matrix
+    is ``[[s, 0, (1 - s) cx], [0, s, (1 - s) cy]]`` with the centre rounded to float32 (``cv2.Point2f``)."""
+    return points * scale + (1.0 - scale) * center.astype(np.float32).astype(np.float64)
+
+
+def _robust_roots(body: np.ndarray, visible: np.ndarray, hands: np.ndarray, hand_visible: np.ndarray) -> np.ndarray:
+    """``_root`` for a batch sharing one body-visibility pattern: ``[G, 2]`` (NaN where nothing is visible)."""
+    if visible[NECK]:
+        return body[:, NECK]
+    if visible[2] and visible[5]:
+        return (body[:, 2] + body[:, 5]) / 2
+    if visible.any():
+        return body[:, visible].mean(axis=1)
+    count = hand_visible.sum(axis=(1, 2))[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (hands * hand_visible[..., None]).sum(axis=(1, 2)) / count
+
+
+def _apply_robust_batch(people: Sequence[PersonPose], aspects: Sequence[float], alignment: Alignment) -> list[PersonPose]:
+    """Robust alignment of many driving people at once. The anchor structure depends only on which body
+    joints are visible, so people are grouped by that pattern and each group is rebuilt with array ops."""
     s = alignment.scales
-    visible = person.body_visible
-    original = _to_height_units(person.body, video_aspect)
-    original_hands = _to_height_units(person.hands, video_aspect)
-    root = _root(original, visible, original_hands, person.hand_visible)
-    if root is None:
-        return person.copy()
-    body = original.copy()
-    # joint -> position after / before; the root is a fixed point
-    placed = {NECK: root}
-    origin = {NECK: root}
+    groups: dict[bytes, list[int]] = {}
+    for index, person in enumerate(people):
+        groups.setdefault(person.body_visible.tobytes(), []).append(index)
+    out: list[PersonPose | None] = [None] * len(people)
+    for indices in groups.values():
+        visible = people[indices[0]].body_visible
+        factor = np.array([[aspects[i], 1.0] for i in indices])
+        original = np.stack([people[i].body for i in indices]) * factor[:, None]
+        original_hands = np.stack([people[i].hands for i in indices]) * factor[:, None, None]
+        hand_visible = np.stack([people[i].hand_visible for i in indices])
+        face = np.stack([people[i].face for i in indices]) * factor[:, None]
+        root = _robust_roots(original, visible, original_hands, hand_visible)
+        body = original.copy()
+        # joint -> positions after / before (the root is a fixed point)
+        placed: dict[int, np.ndarray] = {NECK: root}
+        origin: dict[int, np.ndarray] = {NECK: root}
 
-    def anchor(joint: int) -> tuple[np.ndarray, np.ndarray, list[float]]:
-        """Nearest visible ancestor (or the root): its original and new position, and the ratios on the way."""
-        ratios = []
-        current = joint
-        while current != NECK:
-            parent, ratio = _PARENT[current]
-            ratios.append(s[ratio])
-            if parent in placed and (parent == NECK or visible[parent]):
-                return origin[parent], placed[parent], ratios
-            current = parent
-        return origin[NECK], placed[NECK], ratios
+        def anchor(joint: int) -> tuple[np.ndarray, np.ndarray, list[float]]:
+            """Nearest visible ancestor (or the root): original and new position, and the ratios on the way."""
+            ratios = []
+            current = joint
+            while current != NECK:
+                parent, ratio = _PARENT[current]
+                ratios.append(s[ratio])
+                if parent in placed:
+                    return origin[parent], placed[parent], ratios
+                current = parent
+            return origin[NECK], placed[NECK], ratios
 
-    def rebuild(points: np.ndarray, old_anchor: np.ndarray, new_anchor: np.ndarray, scale: float) -> np.ndarray:
-        # The official operation order (move with the anchor, then scale about it), so that a pose with
-        # every joint visible aligns bit for bit as in the official code.
-        moved = points if old_anchor is new_anchor else points - old_anchor + new_anchor
-        return _official_scale_about(moved, new_anchor, scale)
+        def rebuild(points: np.ndarray, old_anchor: np.ndarray, new_anchor: np.ndarray, scale: float) -> np.ndarray:
+            # The official operation order (move with the anchor, then scale about it), so that a pose with
+            # every joint visible aligns bit for bit as in the official code.
+            moved = points if old_anchor is new_anchor else points - old_anchor + new_anchor
+            return _scale_about(moved, new_anchor, scale)
 
-    for child, _parent, _ratio in _BODY_CHAIN:
-        if not visible[child]:
-            continue
-        old_anchor, new_anchor, ratios = anchor(child)
-        body[child] = rebuild(original[child][None], old_anchor, new_anchor, float(np.mean(ratios)))[0]
-        placed[child], origin[child] = body[child], original[child]
-
-    hands = original_hands.copy()
-    for side, wrist in _HAND_WRIST.items():
-        if visible[wrist]:
-            old_anchor, new_anchor, scale = original[wrist], body[wrist], s["hand"]
-        else:
-            old_anchor, new_anchor, ratios = anchor(wrist)
-            scale = float(np.mean(ratios + [s["hand"]]))
-        hands[side] = rebuild(original_hands[side], old_anchor, new_anchor, scale)
-
-    face = _to_height_units(person.face, video_aspect)
-    if visible[0]:
-        face = rebuild(face, original[0], body[0], (s["face_left"] + s["face_right"]) / 2)
-
-    body, hands, face = (_from_height_units(a + alignment.offset, alignment.ref_aspect) for a in (body, hands, face))
-    return person.replace(body=np.where(visible[:, None], body, person.body),
-                          hands=np.where(person.hand_visible[..., None], hands, person.hands),
-                          face=np.where(person.face_visible[:, None], face, person.face), bbox=None)
+        with np.errstate(invalid="ignore"):
+            for child, _parent, _ratio in _BODY_CHAIN:
+                if visible[child]:
+                    old_anchor, new_anchor, ratios = anchor(child)
+                    body[:, child] = rebuild(original[:, child], old_anchor, new_anchor, float(np.mean(ratios)))
+                    placed[child], origin[child] = body[:, child], original[:, child]
+            hands = original_hands.copy()
+            for side, wrist in _HAND_WRIST.items():
+                if visible[wrist]:
+                    old_anchor, new_anchor, scale = original[:, wrist], body[:, wrist], s["hand"]
+                else:
+                    old_anchor, new_anchor, ratios = anchor(wrist)
+                    scale = float(np.mean(ratios + [s["hand"]]))
+                moved = original_hands[:, side]
+                if old_anchor is not new_anchor:
+                    moved = moved - old_anchor[:, None] + new_anchor[:, None]
+                hands[:, side] = _scale_about(moved, new_anchor[:, None], scale)
+            if visible[0]:
+                # Face points follow the nose (the official code leaves them behind; they are never drawn).
+                face = rebuild(face, original[:, None, 0], body[:, None, 0], (s["face_left"] + s["face_right"]) / 2)
+        body, hands, face = (_from_height_units(a + alignment.offset, alignment.ref_aspect) for a in (body, hands, face))
+        for row, i in enumerate(indices):
+            person = people[i]
+            out[i] = person.replace(body=np.where(visible[:, None], body[row], person.body),
+                                    hands=np.where(person.hand_visible[..., None], hands[row], person.hands),
+                                    face=np.where(person.face_visible[:, None], face[row], person.face), bbox=None)
+    return out  # type: ignore[return-value]
 
 
 def apply_alignment(person: PersonPose, alignment: Alignment, video_aspect: float) -> PersonPose:
     """One driving person (normalised to a video of aspect ``video_aspect``) aligned to the reference canvas.
     Visibility and scores are kept; the detection box is dropped (it no longer matches)."""
     if alignment.robust:
-        return _apply_robust(person, alignment, video_aspect)
+        return _apply_robust_batch([person], [video_aspect], alignment)[0]
     return _apply_official(person, alignment, video_aspect)
 
 
@@ -338,11 +368,14 @@ def align_sequence(
                          f"frame); choose another align_frame")
     alignment = estimate_alignment(ref_person, calibration, width / height, driving[align_frame].aspect,
                                    robust=robust, ratio_range=ratio_range)
-    aligned = []
-    for frame in driving:
-        person = select_person(frame, select_by)
-        people = [] if person is None else [apply_alignment(person, alignment, frame.aspect)]
-        aligned.append(PoseFrame(people, int(width), int(height)))
+    people = [select_person(frame, select_by) for frame in driving]
+    present = [t for t, person in enumerate(people) if person is not None]
+    if robust:
+        moved = _apply_robust_batch([people[t] for t in present], [driving[t].aspect for t in present], alignment)
+    else:
+        moved = [_apply_official(people[t], alignment, driving[t].aspect) for t in present]
+    by_frame = dict(zip(present, moved))
+    aligned = [PoseFrame([by_frame[t]] if t in by_frame else [], int(width), int(height)) for t in range(len(driving))]
     return aligned, alignment
 
 

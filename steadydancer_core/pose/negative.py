@@ -29,7 +29,8 @@ class NegativeDraw:
     aspect: float
 
 
-def _rng(seed: int | np.random.Generator) -> np.random.Generator:
+def as_generator(seed: int | np.random.Generator) -> np.random.Generator:
+    """A numpy Generator: ``seed`` itself if it is one, else ``default_rng(seed)``."""
     if isinstance(seed, np.random.Generator):
         return seed
     if isinstance(seed, (bool, float)) or not isinstance(seed, (int, np.integer)):
@@ -49,7 +50,7 @@ def draw_negative_params(
             raise ValueError(f"draw_negative_params: expected {name} (low, high) with 0 < low <= high, got {(low, high)}")
     if num_frames < 0:
         raise ValueError(f"draw_negative_params: expected num_frames >= 0, got {num_frames}")
-    rng = _rng(seed)
+    rng = as_generator(seed)
     uniform = rng.random((num_frames, 2))
     scales = scale_range[0] + (scale_range[1] - scale_range[0]) * uniform[:, 0]
     aspects = aspect_range[0] + (aspect_range[1] - aspect_range[0]) * uniform[:, 1]

@@ -25,6 +25,7 @@ before the model; slower). ``downscale=None`` returns the supersampled canvas it
 from __future__ import annotations
 
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, Sequence
 
@@ -89,10 +90,19 @@ def _drawable(points: np.ndarray, visible: np.ndarray) -> np.ndarray:
     return visible & np.all(np.abs(points) < _MAX_PIXEL, axis=-1)
 
 
-def _draw_people(canvas: np.ndarray, people: Sequence[PersonPose], colors: dict[str, list]) -> None:
+def _draw_people(canvas: np.ndarray, people: Sequence[PersonPose], colors: dict[str, list]) -> tuple[int, int, int, int]:
+    """Draw onto ``canvas`` in place; returns a conservative pixel box ``(x0, y0, x1, y1)`` (inclusive,
+    clipped to the canvas) around everything drawn. Coordinates go through Python floats with the official
+    expressions (same IEEE operations), so the pixels match the official ones."""
     height, width = canvas.shape[:2]
     scale = np.array([float(width), float(height)])
-    bodies = [(person.body * scale, _drawable(person.body * scale, person.body_visible)) for person in people]
+    bodies = []
+    drawn = []  # pixel positions of every drawn point: every limb, joint and hand stroke lies near them
+    for person in people:
+        points = person.body * scale
+        ok = _drawable(points, person.body_visible)
+        bodies.append((points.tolist(), ok.tolist()))
+        drawn.append(points[ok])
     # Limb-major over people, as the official loop (only matters where people overlap).
     for limb, (a, b) in enumerate(BODY_LIMBS):
         for points, ok in bodies:
@@ -108,20 +118,32 @@ def _draw_people(canvas: np.ndarray, people: Sequence[PersonPose], colors: dict[
     for joint in range(len(OPENPOSE_COLORS)):
         for points, ok in bodies:
             if ok[joint]:
-                x, y = points[joint]
-                cv2.circle(canvas, (int(x), int(y)), JOINT_RADIUS, colors["joint"][joint], thickness=-1)
+                x, y = int(points[joint][0]), int(points[joint][1])
+                cv2.circle(canvas, (x, y), JOINT_RADIUS, colors["joint"][joint], thickness=-1)
     for person in people:
         for hand, visible in zip(person.hands * scale, person.hand_visible):
             ok = _drawable(hand, visible)
             pixels = np.zeros(hand.shape, np.int64)
             pixels[ok] = hand[ok].astype(np.int64)  # truncation toward zero, as int()
             ok &= np.all(pixels > 0, axis=-1)
+            if not ok.any():
+                continue
+            drawn.append(pixels[ok].astype(np.float64))
+            pixel_list, ok_list = pixels.tolist(), ok.tolist()
             for edge, (a, b) in enumerate(HAND_EDGES):
-                if ok[a] and ok[b]:
-                    cv2.line(canvas, (int(pixels[a, 0]), int(pixels[a, 1])), (int(pixels[b, 0]), int(pixels[b, 1])),
-                             colors["hand_edge"][edge], thickness=HAND_LINE_THICKNESS)
-            for point in pixels[ok]:
-                cv2.circle(canvas, (int(point[0]), int(point[1])), HAND_JOINT_RADIUS, colors["hand_joint"], thickness=-1)
+                if ok_list[a] and ok_list[b]:
+                    cv2.line(canvas, pixel_list[a], pixel_list[b], colors["hand_edge"][edge], thickness=HAND_LINE_THICKNESS)
+            for point, point_ok in zip(pixel_list, ok_list):
+                if point_ok:
+                    cv2.circle(canvas, point, HAND_JOINT_RADIUS, colors["hand_joint"], thickness=-1)
+    points = np.concatenate(drawn) if drawn else np.zeros((0, 2))
+    if not len(points):
+        return 0, 0, -1, -1
+    # A limb polygon stays within its end points' box ± (semi-minor axis + 2 px of integer truncation),
+    # circles within ± radius, hand lines within ± thickness.
+    margin = max(LIMB_SEMI_MINOR, JOINT_RADIUS, HAND_JOINT_RADIUS, HAND_LINE_THICKNESS) + 4
+    low, high = np.floor(points.min(axis=0)) - margin, np.ceil(points.max(axis=0)) + margin
+    return (int(max(low[0], 0)), int(max(low[1], 0)), int(min(high[0], width - 1)), int(min(high[1], height - 1)))
 
 
 def render_frame(
@@ -134,11 +156,11 @@ def render_frame(
 ) -> np.ndarray:
     """One frame's picture, ``(height, width, 3)`` uint8 RGB (``supersample`` × that with ``downscale=None``).
     Keypoints are normalised, so they are drawn stretched to this canvas whatever the frame's own size."""
-    _check_render_args(width, height, supersample, downscale)
+    check_render_args(width, height, supersample, downscale)
     return _render(frame, width, height, supersample, _palette(palette), downscale)
 
 
-def _check_render_args(width: int, height: int, supersample: int, downscale: str | None) -> None:
+def check_render_args(width: int, height: int, supersample: int, downscale: str | None) -> None:
     for name, value in (("width", width), ("height", height), ("supersample", supersample)):
         if isinstance(value, bool) or int(value) != value or value <= 0:
             raise ValueError(f"render: expected a positive integer {name}, got {value!r}")
@@ -146,15 +168,43 @@ def _check_render_args(width: int, height: int, supersample: int, downscale: str
         raise ValueError(f"render: expected downscale 'area', 'bicubic' or None, got {downscale!r}")
 
 
+_canvases = threading.local()
+
+
+def _scratch_canvas(height: int, width: int) -> np.ndarray:
+    """A black canvas reused per thread (allocating and faulting in a fresh 1664×960×3 buffer per frame costs
+    as much as drawing); ``_render`` blacks out what it drew before handing it to the next frame."""
+    canvas = getattr(_canvases, "canvas", None)
+    if canvas is None or canvas.shape != (height, width, 3):
+        canvas = _canvases.canvas = np.zeros((height, width, 3), np.uint8)
+    return canvas
+
+
 def _render(frame: PoseFrame, width: int, height: int, supersample: int, colors: dict[str, list],
             downscale: str | None) -> np.ndarray:
-    canvas = np.zeros((height * supersample, width * supersample, 3), np.uint8)
-    _draw_people(canvas, frame.people, colors)
     if downscale is None or supersample == 1:
+        canvas = np.zeros((height * supersample, width * supersample, 3), np.uint8)
+        _draw_people(canvas, frame.people, colors)
         return canvas
+    canvas = _scratch_canvas(height * supersample, width * supersample)
+    bx0, by0, bx1, by1 = _draw_people(canvas, frame.people, colors)
+    out = np.zeros((height, width, 3), np.uint8)
+    if bx1 < bx0 or by1 < by0:
+        return out
+    # Reduce only the drawn region: both reductions are local (a supersample² box; PIL's bicubic reads 2
+    # output pixels either side), so a region padded by 4 output pixels and aligned to the supersample
+    # grid gives the same pixels as reducing the whole, mostly black, canvas.
+    pad = 4 * supersample
+    x0, y0 = max(0, (bx0 - pad) // supersample), max(0, (by0 - pad) // supersample)
+    x1 = min(width, -(-(bx1 + 1 + pad) // supersample))
+    y1 = min(height, -(-(by1 + 1 + pad) // supersample))
+    region = canvas[y0 * supersample:y1 * supersample, x0 * supersample:x1 * supersample]
     if downscale == "area":
-        return cv2.resize(canvas, (width, height), interpolation=cv2.INTER_AREA)
-    return np.asarray(Image.fromarray(canvas).resize((width, height), Image.Resampling.BICUBIC))
+        out[y0:y1, x0:x1] = cv2.resize(region, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
+    else:
+        out[y0:y1, x0:x1] = np.asarray(Image.fromarray(region).resize((x1 - x0, y1 - y0), Image.Resampling.BICUBIC))
+    region[...] = 0
+    return out
 
 
 def render_frames(
@@ -169,7 +219,7 @@ def render_frames(
     """All frames as ``(T, height, width, 3)`` uint8 RGB (see ``render_frame``). OpenCV releases the GIL
     while drawing, so ``threads`` workers render frames in parallel."""
     frames = check_sequence(frames, "render frames")
-    _check_render_args(width, height, supersample, downscale)
+    check_render_args(width, height, supersample, downscale)
     colors = _palette(palette)
     out_h, out_w = (height, width) if downscale is not None and supersample > 1 else (height * supersample, width * supersample)
     out = np.empty((len(frames), out_h, out_w, 3), np.uint8)
