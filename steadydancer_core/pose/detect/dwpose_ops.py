@@ -170,6 +170,16 @@ def crop_affine(center: np.ndarray, scale: np.ndarray, input_wh: tuple[int, int]
     ])
 
 
+def normalise_crop(crop: np.ndarray) -> np.ndarray:
+    """``(crop - mean) / std`` as CHW float32. Channel-first scalar ops, ~9x faster than broadcasting over
+    the trailing 3-wide axis (see benchmarks/bench_pose_detect.py)."""
+    out = crop.transpose(2, 0, 1).astype(np.float32)
+    for channel in range(3):
+        out[channel] -= POSE_MEAN[channel]
+        out[channel] /= POSE_STD[channel]
+    return out
+
+
 def pose_inputs(
     image: np.ndarray,
     boxes: np.ndarray,
@@ -186,7 +196,7 @@ def pose_inputs(
         crop = cv2.warpAffine(image, crop_affine(center, scale, input_wh), input_wh, flags=cv2.INTER_LINEAR)
         if swap_channels:
             crop = crop[..., ::-1]
-        crops.append(((crop.astype(np.float32) - POSE_MEAN) / POSE_STD).transpose(2, 0, 1))
+        crops.append(normalise_crop(crop))
         centers.append(center)
         scales.append(scale)
     batch = np.stack(crops) if crops else np.zeros((0, 3, input_wh[1], input_wh[0]), np.float32)
