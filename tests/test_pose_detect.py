@@ -179,3 +179,18 @@ def test_threshold_presets() -> None:
     assert ops.DetectionThresholds.preset("controlnet_aux") == ops.DetectionThresholds(0.3, 0.45, 0.3)
     with pytest.raises(ValueError, match="official"):
         ops.DetectionThresholds.preset("fast")
+
+
+def test_unflip_simcc_swaps_sides_and_reverses_x() -> None:
+    simcc_x = np.zeros((1, 133, 576), np.float32)
+    simcc_y = np.zeros((1, 133, 768), np.float32)
+    simcc_x[0, 5, 100], simcc_y[0, 5, 300] = 1.0, 1.0  # left shoulder seen in the mirrored crop
+    simcc_x[0, 91, 10], simcc_y[0, 91, 20] = 1.0, 1.0  # first left-hand point
+    simcc_x[0, 23 + 36, 200] = 1.0  # face: outer corner of one eye
+    x, y = ops.unflip_simcc(simcc_x, simcc_y)
+    assert x[0, 6].argmax() == 575 - 100 and y[0, 6].argmax() == 300  # becomes the right shoulder
+    assert x[0, 112].argmax() == 575 - 10 and y[0, 112].argmax() == 20  # right hand
+    assert x[0, 23 + 45].argmax() == 575 - 200  # the other eye's outer corner (300-W 36 <-> 45)
+    assert x[0, 5].max() == 0 and x[0, 91].max() == 0
+    assert (ops.WHOLEBODY_FLIP_INDICES[ops.WHOLEBODY_FLIP_INDICES] == np.arange(133)).all()
+    assert ops.WHOLEBODY_FLIP_INDICES[0] == 0 and ops.WHOLEBODY_FLIP_INDICES[23 + 30] == 23 + 30  # nose, nose tip

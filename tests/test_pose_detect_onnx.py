@@ -9,6 +9,7 @@ import pytest
 from test_pose_detect_models import build_dwpose, build_yolox, simcc_for_keypoints, yolox_raw_output
 
 from steadydancer_core.pose.detect import DWPoseDetector, OnnxModelError, create_detector
+from steadydancer_core.pose.detect.dwpose_ops import WHOLEBODY_FLIP_INDICES
 from steadydancer_core.pose.detect.models import DETECTOR_FILE, POSE_FILE
 
 IMAGE_HW = (480, 832)
@@ -120,6 +121,36 @@ def test_no_box_whole_image_fallback_or_empty(models: dict[str, Path]) -> None:
     _check_person(frame.people[0], (0, 0, 832 * ratio, 480 * ratio), (832, 480))
     empty = DWPoseDetector(models["yolox_empty"], models["pose"], detect_short_side=None, no_box="empty")
     assert empty.detect(_image()).people == []
+
+
+def _mirror_symmetric_simcc() -> tuple[np.ndarray, np.ndarray]:
+    """SimCC of a left/right symmetric figure: twins at mirrored x bins and equal y; a self-mirrored point
+    (nose, ...) on a two-bin plateau around the centre so its mirror image is itself."""
+    simcc_x = np.full((133, 576), -0.5, np.float32)
+    simcc_y = np.full((133, 768), -0.5, np.float32)
+    for k in range(133):
+        twin = WHOLEBODY_FLIP_INDICES[k]
+        if twin == k:
+            simcc_x[k, [287, 288]] = 0.9
+        else:
+            x_bin = 100 + (min(k, twin) * 7) % 150  # the lower index sits on the left half
+            simcc_x[k, x_bin if k < twin else 575 - x_bin] = 0.9
+        simcc_y[k, (min(k, twin) * 11) % 768] = 0.9
+    return simcc_x, simcc_y
+
+
+def test_flip_test_averages_with_the_mirrored_crop(tmp_path: Path, models: dict[str, Path]) -> None:
+    symmetric = build_dwpose(tmp_path / "symmetric.onnx", *_mirror_symmetric_simcc())
+    plain = DWPoseDetector(models["yolox"], symmetric, detect_short_side=None).detect(_image())
+    flipped = DWPoseDetector(models["yolox"], symmetric, detect_short_side=None, flip_test=True).detect(_image())
+    # mirrored SimCC, un-flipped (sides swapped, x reversed), equals the original: averaging changes nothing
+    for a, b in zip(plain.people, flipped.people):
+        assert a.same_as(b, atol=1e-9)
+        assert a.body_visible.all()
+    # a figure that is not symmetric loses its peaks in the average: scores halve, so nothing stays visible
+    asymmetric = DWPoseDetector(models["yolox"], models["pose"], detect_short_side=None, flip_test=True)
+    person = asymmetric.detect(_image()).people[0]
+    assert person.body_score[2] == pytest.approx((0.9 - 0.5) / 2)
 
 
 def test_bad_model_files_and_images(models: dict[str, Path], tmp_path: Path) -> None:

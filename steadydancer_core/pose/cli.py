@@ -94,6 +94,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     detection.add_argument("--no-download", action="store_true", help="never fetch missing DWPose files from the hub")
     detection.add_argument("--thresholds", choices=("official", "controlnet_aux"), default="official",
                            help="DWPose box/keypoint thresholds of the official pipeline (default) or of controlnet_aux")
+    detection.add_argument("--flip-test", action="store_true",
+                           help="DWPose: average each crop with its mirror image, as the official mmpose config (2x pose-network time)")
     detection.add_argument("--person", choices=("score", "area"), default="score",
                            help="main person: highest detection score (official) or largest box")
 
@@ -191,7 +193,8 @@ def _reference_pose(args: argparse.Namespace, reference: np.ndarray, detector: P
 def _create_detector(args: argparse.Namespace) -> PoseDetector:
     if args.backend == "dwpose":
         return create_detector("dwpose", models_dir=args.models_dir, download=not args.no_download,
-                               thresholds=DetectionThresholds.preset(args.thresholds), person_order=args.person)
+                               thresholds=DetectionThresholds.preset(args.thresholds), person_order=args.person,
+                               flip_test=args.flip_test)
     return create_detector("mediapipe")
 
 

@@ -56,7 +56,9 @@ class DWPoseDetector:
     People come out ordered by the detector's score (``person_order="score"``, the official "person 0")
     or by box area (``"area"``), at most ``max_people`` of them. Each keeps its own two hands.
     ``no_box="whole_image"`` runs the pose model on the whole frame when no box passes the threshold
-    (official mmpose behaviour); ``"empty"`` returns nobody (controlnet_aux behaviour).
+    (official mmpose behaviour); ``"empty"`` returns nobody (controlnet_aux behaviour). ``flip_test``
+    averages the SimCC of each crop and of its mirror image, as the official mmpose config does (twice
+    the pose-network work; the controlnet_aux ONNX path does not).
     """
 
     name = "dwpose"
@@ -72,6 +74,7 @@ class DWPoseDetector:
         person_order: Literal["score", "area"] = "score",
         max_people: int | None = None,
         official_channel_swap: bool = False,
+        flip_test: bool = False,
         providers: Sequence[str] | None = None,
     ) -> None:
         if no_box not in ("whole_image", "empty"):
@@ -86,6 +89,7 @@ class DWPoseDetector:
         self.person_order = person_order
         self.max_people = max_people
         self.official_channel_swap = official_channel_swap
+        self.flip_test = flip_test
         self.detector = _OnnxModel(detector_model, "YOLOX person detector", providers)
         self.pose = _OnnxModel(pose_model, "DWPose keypoint", providers)
         if self.pose.input_hw is None:
@@ -119,6 +123,9 @@ class DWPoseDetector:
         """133 keypoints ``[K, 133, 2]`` in image pixels and scores ``[K, 133]`` for each box."""
         batch, centers, scales = ops.pose_inputs(image, boxes, self.pose_input_wh, self.official_channel_swap)
         simcc_x, simcc_y = self._run_pose(batch)
+        if self.flip_test:
+            flipped_x, flipped_y = ops.unflip_simcc(*self._run_pose(np.ascontiguousarray(batch[..., ::-1])))
+            simcc_x, simcc_y = (simcc_x + flipped_x) / 2, (simcc_y + flipped_y) / 2
         keypoints, scores = ops.decode_simcc(simcc_x, simcc_y)
         return ops.crop_to_image(keypoints, centers, scales, self.pose_input_wh), scores
 

@@ -222,6 +222,29 @@ def crop_to_image(keypoints: np.ndarray, centers: np.ndarray, scales: np.ndarray
     return keypoints / np.asarray(input_wh, np.float64) * scales[:, None] + centers[:, None] - scales[:, None] / 2
 
 
+def _wholebody_flip_indices() -> np.ndarray:
+    """Index of each COCO-WholeBody point's mirror twin (left <-> right), as mmpose's dataset meta swaps them."""
+    pairs = [(1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16), (17, 20), (18, 21), (19, 22)]
+    face_pairs = [(i, 16 - i) for i in range(8)] + [(17, 26), (18, 25), (19, 24), (20, 23), (21, 22), (31, 35), (32, 34),
+                  (36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46), (48, 54), (49, 53), (50, 52), (55, 59),
+                  (56, 58), (60, 64), (61, 63), (65, 67)]
+    pairs += [(23 + a, 23 + b) for a, b in face_pairs]
+    pairs += [(91 + i, 112 + i) for i in range(21)]  # left hand <-> right hand
+    indices = np.arange(WHOLEBODY_POINTS)
+    for a, b in pairs:
+        indices[a], indices[b] = b, a
+    return indices
+
+
+WHOLEBODY_FLIP_INDICES = _wholebody_flip_indices()
+
+
+def unflip_simcc(simcc_x: np.ndarray, simcc_y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """SimCC of a horizontally flipped crop mapped back to the unflipped crop (mmpose's flip test):
+    swap left/right points and reverse the x bins."""
+    return simcc_x[:, WHOLEBODY_FLIP_INDICES, ::-1], simcc_y[:, WHOLEBODY_FLIP_INDICES]
+
+
 # ------------------------------------------------------------------------------------------------
 # COCO-WholeBody 133 -> OpenPose-18 body + hands + face
 
