@@ -73,3 +73,27 @@ def test_driving_frame_hands_sit_on_their_own_wrists(shared_dir: Path) -> None:
         own = np.linalg.norm(hands[hand, 0] - body[wrist])
         other = np.linalg.norm(hands[hand, 0] - body[R_WRI if wrist == L_WRI else L_WRI])
         assert own < 0.5 * shoulder_width and own < other
+
+
+def test_poses_cli_with_the_mediapipe_backend(shared_dir: Path, tmp_path: Path) -> None:
+    import json
+
+    from PIL import Image
+
+    from steadydancer_core.pose.cli import main
+    from steadydancer_core.pose.keypoints import frames_from_dict
+
+    example = shared_dir / "data" / "official_examples" / EXAMPLES[0]
+    out = tmp_path / "poses"
+    code = main(["--ref", str(example / "ref_image.png"), "--driving", str(example / "driving_video.mp4"),
+                 "--out", str(out), "--backend", "mediapipe", "--frames", "5", "--no-progress", "--no-preview"])
+    assert code == 0
+    assert sorted(p.name for p in (out / "positive").glob("*.png")) == [f"{i:04d}.png" for i in range(5)]
+    assert np.asarray(Image.open(out / "positive" / "0000.png")).shape == (896, 656, 3)  # 864×1184 at 1024*576
+    document = json.loads((out / "keypoints.json").read_text())
+    assert document["backend"] == "mediapipe"
+    reference = frames_from_dict(document["reference"])[0].people[0]
+    aligned = frames_from_dict(document["aligned"])
+    # the calibration frame's neck lands on the reference neck; every frame keeps one person with hands
+    np.testing.assert_allclose(aligned[0].people[0].body[NECK], reference.body[NECK], atol=1e-6)
+    assert all(len(frame.people) == 1 and frame.people[0].hand_visible.any() for frame in aligned)
