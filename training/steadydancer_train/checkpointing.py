@@ -1,0 +1,72 @@
+"""Resumable checkpoints with torch.distributed.checkpoint (sharded, reshardable across world sizes).
+
+Layout: ``<output_dir>/ckpt/step_000123/`` (DCP files + ``meta.json``) and ``<output_dir>/ckpt/latest``
+(a text pointer). Only trainable parameters and the optimizer are stored; frozen weights come from the
+start checkpoint. Data order and per-sample randomness are derived from the step number, so the step is
+the whole remaining state.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+from .distributed import DistInfo, barrier
+
+_OPTIONS = StateDictOptions(ignore_frozen_params=True)
+
+
+def step_dir(output_dir: str | Path, step: int) -> Path:
+    return Path(output_dir) / "ckpt" / f"step_{step:06d}"
+
+
+def save_checkpoint(output_dir: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    meta: dict[str, Any], info: DistInfo, keep_last: int) -> Path:
+    target = step_dir(output_dir, step)
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=_OPTIONS)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(target))
+    barrier(info)
+    if info.is_main:
+        (target / "meta.json").write_text(json.dumps({**meta, "step": step}, indent=2))
+        pointer = target.parent / "latest"
+        tmp = pointer.with_suffix(".tmp")
+        tmp.write_text(target.name)
+        tmp.replace(pointer)
+        old = sorted(p for p in target.parent.glob("step_*") if p.is_dir() and p != target)
+        for stale in old[: max(0, len(old) - (keep_last - 1))] if keep_last > 0 else []:
+            shutil.rmtree(stale, ignore_errors=True)
+    barrier(info)
+    return target
+
+
+def find_resume(output_dir: str | Path, resume: str) -> Path | None:
+    """``auto``: the latest checkpoint of this run or None; otherwise an explicit step folder."""
+    if not resume:
+        return None
+    if resume == "auto":
+        pointer = Path(output_dir) / "ckpt" / "latest"
+        if not pointer.is_file():
+            return None
+        path = pointer.parent / pointer.read_text().strip()
+    else:
+        path = Path(resume)
+    if not (path / "meta.json").is_file():
+        raise FileNotFoundError(f"not a training checkpoint (no meta.json): {path}")
+    return path
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    return json.loads((path / "meta.json").read_text())
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=_OPTIONS)
+    state = {"model": model_sd, "optim": optim_sd}
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"], options=_OPTIONS)
+    return read_meta(path)
