@@ -44,6 +44,7 @@ class VideoReadInfo:
     output_frames: int
     frame_count_rule: str
     source_indices: tuple[int, ...] = field(repr=False)
+    rotation: int = 0
 
     def summary(self) -> str:
         duration = "unknown" if self.duration_s is None else f"{self.duration_s:.2f}s"
@@ -54,6 +55,8 @@ class VideoReadInfo:
         )
         if self.output_frames != self.resampled_frames:
             text += f", trimmed to {self.output_frames} ({self.frame_count_rule})"
+        if self.rotation:
+            text += f", rotated {self.rotation}° as its display matrix asks"
         return text
 
 
@@ -99,6 +102,7 @@ def read_video(
     whose timestamp is nearest (ties go to the earlier frame), so 30 fps -> 16 fps drops frames and
     8 fps -> 16 fps repeats them. The count is capped at ``max_frames`` and then trimmed to the largest
     count the ``frame_count_rule`` allows. Decoding stops as soon as enough frames are selected.
+    Frames are turned upright when the file carries a display rotation (phone videos), as players do.
     """
     if frame_count_rule not in FRAME_COUNT_RULES:
         raise ValueError(f"frame_count_rule must be one of {FRAME_COUNT_RULES}, got {frame_count_rule!r}")
@@ -132,13 +136,15 @@ def read_video(
         decoded = 0
         start_time: Fraction | None = None
         previous: tuple[int, Fraction, av.VideoFrame] | None = None
+        quarter_turns = 0
 
         def select(index: int, frame: av.VideoFrame) -> None:
             # Repeated selections of one source frame (upsampling) share the converted array.
             if source_indices and source_indices[-1] == index:
                 selected.append(selected[-1])
             else:
-                selected.append(frame.to_ndarray(format="rgb24"))
+                # The display matrix rotates counter-clockwise, as np.rot90 does for positive k.
+                selected.append(np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), quarter_turns)))
             source_indices.append(index)
 
         def full() -> bool:
@@ -149,6 +155,7 @@ def read_video(
                 time = _frame_time(frame, decoded, stream, source_fps or Fraction(30))
                 if start_time is None:
                     start_time = time
+                    quarter_turns = round((frame.rotation or 0) / 90) % 4
                 time -= start_time
                 if target_period is None:
                     select(decoded, frame)
@@ -190,6 +197,7 @@ def read_video(
         output_frames=keep,
         frame_count_rule=frame_count_rule,
         source_indices=tuple(source_indices[:keep]),
+        rotation=quarter_turns * 90,
     )
     return frames, info
 

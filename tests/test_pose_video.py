@@ -145,3 +145,32 @@ def test_read_image_drops_alpha_and_reports_errors(tmp_path: Path) -> None:
     (tmp_path / "bad.png").write_bytes(b"not an image")
     with pytest.raises(VideoReadError, match="cannot read"):
         read_image(tmp_path / "bad.png")
+
+
+@pytest.mark.parametrize("degrees, turns", [(90, 1), (-90, 3), (180, 2)])
+def test_display_rotation_is_applied(tmp_path: Path, degrees: int, turns: int) -> None:
+    """Phone videos store landscape pixels plus a display matrix; frames must come out as players show them."""
+    stored = np.zeros((32, 64, 3), np.uint8)
+    stored[:, :8] = 255  # white stripe on the stored image's left edge
+    stored[:4, 8:] = 128  # grey stripe on its top edge
+    path = tmp_path / "rotated.mp4"
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        stream.options = {"crf": "0"}
+        stream.set_display_rotation(degrees)  # counter-clockwise
+        for _ in range(2):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(stored, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    frames, info = read_video(path, fps=None, frame_count_rule="any")
+    assert info.rotation == turns * 90 and "rotated" in info.summary()
+    upright = frames[0].astype(int)
+    expected = {1: (64, 32), 2: (32, 64), 3: (64, 32)}[turns]
+    assert upright.shape[:2] == expected
+    # where the stored left edge (white) ends up after a counter-clockwise rotation by `degrees`
+    white_edge = {1: upright[-4:, :], 2: upright[:, -4:], 3: upright[:4, :]}[turns]
+    assert white_edge.mean() > 240
+    grey_edge = {1: upright[:-8, :2], 2: upright[-2:, :-8], 3: upright[8:, -2:]}[turns]  # stored top edge
+    assert abs(grey_edge.mean() - 128) < 6
