@@ -3,7 +3,8 @@
 Every frame gets its own draw: ``aspect ~ U(0.6, 1.4)`` and ``scale ~ U(0.7, 1.3)``; body and hands become
 ``p' = neck + diag(aspect · scale, scale) · (p − neck)`` in the reference canvas' normalised coordinates,
 i.e. an anisotropic scale about the neck (x factor 0.42–1.82, y factor 0.7–1.3). The face is not scaled,
-only moved with the neck (a no-op, as the neck stays put). The official code also draws two offsets in
+only shifted by the translation that brings the scaled neck back, ``neck · (1 − factor)`` (official; faces
+are never drawn). The official code also draws two offsets in
 (−0.2, 0.2) that it never applies; they are not drawn here. Draws come from a seeded numpy Generator
 (the official uses unseeded ``random``), or are given explicitly (``NegativeDraw``) for parity.
 Inputs are never mutated.

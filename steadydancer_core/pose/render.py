@@ -188,12 +188,15 @@ def _render(frame: PoseFrame, width: int, height: int, supersample: int, colors:
         return canvas
     canvas = _scratch_canvas(height * supersample, width * supersample)
     bx0, by0, bx1, by1 = _draw_people(canvas, frame.people, colors)
-    out = np.zeros((height, width, 3), np.uint8)
+    if downscale == "bicubic":
+        # PIL's bicubic is not exactly shift-invariant on tall images, so it always reduces the whole canvas.
+        out = np.array(Image.fromarray(canvas).resize((width, height), Image.Resampling.BICUBIC))
+    else:
+        out = np.zeros((height, width, 3), np.uint8)
     if bx1 < bx0 or by1 < by0:
         return out
-    # Reduce only the drawn region: both reductions are local (a supersample² box; PIL's bicubic reads 2
-    # output pixels either side), so a region padded by 4 output pixels and aligned to the supersample
-    # grid gives the same pixels as reducing the whole, mostly black, canvas.
+    # INTER_AREA with an integer factor is a local supersample² box, so reducing only the drawn region
+    # (padded and aligned to the supersample grid) gives the same pixels as the whole, mostly black, canvas.
     pad = 4 * supersample
     x0, y0 = max(0, (bx0 - pad) // supersample), max(0, (by0 - pad) // supersample)
     x1 = min(width, -(-(bx1 + 1 + pad) // supersample))
@@ -201,8 +204,6 @@ def _render(frame: PoseFrame, width: int, height: int, supersample: int, colors:
     region = canvas[y0 * supersample:y1 * supersample, x0 * supersample:x1 * supersample]
     if downscale == "area":
         out[y0:y1, x0:x1] = cv2.resize(region, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
-    else:
-        out[y0:y1, x0:x1] = np.asarray(Image.fromarray(region).resize((x1 - x0, y1 - y0), Image.Resampling.BICUBIC))
     region[...] = 0
     return out
 
