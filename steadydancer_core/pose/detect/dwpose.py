@@ -162,6 +162,7 @@ class DWPoseDetector:
                              f"got shapes {first.shape} and {second.shape}")
 
     def detect(self, image: np.ndarray) -> PoseFrame:
+        """Everybody in an RGB uint8 image, keypoints normalised to the image (see the class docstring)."""
         image = check_image(image)
         height, width = image.shape[:2]
         work = ops.resize_for_detection(image, self.detect_short_side)
