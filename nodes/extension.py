@@ -1,0 +1,15 @@
+"""The V3 extension object ComfyUI asks the pack for (``comfy_entrypoint``)."""
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .image_to_video import SteadyDancerImageToVideo
+
+NODE_LIST: list[type[io.ComfyNode]] = [
+    SteadyDancerImageToVideo,
+]
+
+
+class SteadyDancerExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODE_LIST)

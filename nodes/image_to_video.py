@@ -1,0 +1,148 @@
+"""SteadyDancer Image To Video: builds the three conditionings and the empty video latent.
+
+Mirrors core ``WanImageToVideo`` (mask + first-frame image latent on ``concat_latent_image`` /
+``concat_mask``) and adds what SteadyDancer needs: pose latents, the reference-image and
+first-pose token frames and the CLIP feature of the first pose frame (DESIGN D3, model_spec §3).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+import comfy.model_management
+import comfy.utils
+import node_helpers
+import nodes as comfy_nodes
+from comfy_api.latest import io
+
+from . import cond_keys
+
+CATEGORY = "SteadyDancer"
+
+
+def check_video_request(width: int, height: int, length: int) -> None:
+    """Sizes the Wan VAE (stride 8) and patch embedding (2x2) accept, and 4n+1 frames."""
+    if width % 16 or height % 16:
+        raise ValueError(f"width and height must be multiples of 16, got {width}x{height}")
+    if length < 1 or (length - 1) % 4:
+        raise ValueError(f"length must be 4n+1 frames (1, 5, 9, ..., 81), got {length}")
+
+
+def check_frames(name: str, images: torch.Tensor, length: int) -> None:
+    if images.ndim != 4 or images.shape[-1] < 3:
+        raise ValueError(f"{name} must be an IMAGE batch [frames, height, width, 3], got shape {tuple(images.shape)}")
+    if images.shape[0] < length:
+        raise ValueError(f"{name} has {images.shape[0]} frames but length is {length}: "
+                         f"give at least {length} frames or lower length")
+
+
+def resize_frames(images: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Bicubic resize to exactly width x height, no crop, as the official pipeline does."""
+    resized = comfy.utils.common_upscale(images[..., :3].movedim(-1, 1), width, height, "bicubic", "disabled")
+    return resized.movedim(1, -1)
+
+
+class SteadyDancerImageToVideo(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SteadyDancerImageToVideo",
+            display_name="SteadyDancer Image To Video",
+            category=CATEGORY,
+            description="Conditionings for SteadyDancer: the reference image is kept as frame 0 and animated "
+                        "with the pose images. Outputs positive, negative (text) and negative-pose conditionings "
+                        "for the DC-CFG guider, and the empty video latent.",
+            inputs=[
+                io.Conditioning.Input("positive", tooltip="Text conditioning of the prompt (T5)."),
+                io.Conditioning.Input("negative", tooltip="Text conditioning of the negative prompt (T5)."),
+                io.Vae.Input("vae", tooltip="The Wan2.1 VAE (wan_2.1_vae.safetensors)."),
+                io.Image.Input("reference_image", tooltip="The image to animate; it becomes frame 0 exactly. "
+                               "Only the first image of a batch is used."),
+                io.Image.Input("pose_images", tooltip="Rendered driving poses, one per output frame "
+                               "(aligned to the reference, e.g. from 'SteadyDancer Pose Pipeline')."),
+                io.ClipVisionOutput.Input("clip_vision_reference",
+                                          tooltip="CLIP Vision Encode of the reference image (crop: none)."),
+                io.ClipVisionOutput.Input("clip_vision_first_pose",
+                                          tooltip="CLIP Vision Encode of the first pose image (crop: none)."),
+                io.Int.Input("width", default=832, min=16, max=comfy_nodes.MAX_RESOLUTION, step=16,
+                             tooltip="Output width in pixels (multiple of 16)."),
+                io.Int.Input("height", default=480, min=16, max=comfy_nodes.MAX_RESOLUTION, step=16,
+                             tooltip="Output height in pixels (multiple of 16)."),
+                io.Int.Input("length", default=81, min=1, max=comfy_nodes.MAX_RESOLUTION, step=4,
+                             tooltip="Number of output frames, 4n+1 (81 = 5 s at 16 fps)."),
+                io.Float.Input("pose_strength_spatial", default=1.0, min=0.0, max=10.0, step=0.01,
+                               tooltip="Scale of the spatial pose-branch output (1.0 = as trained)."),
+                io.Float.Input("pose_strength_temporal", default=1.0, min=0.0, max=10.0, step=0.01,
+                               tooltip="Scale of the temporal pose-branch output (1.0 = as trained)."),
+                io.Image.Input("negative_pose_images", optional=True,
+                               tooltip="Perturbed poses for the pose term of DC-CFG (e.g. from 'SteadyDancer "
+                                       "Negative Pose'). Without them and without keypoints the pose term is off."),
+            ],
+            outputs=[
+                io.Conditioning.Output(display_name="positive"),
+                io.Conditioning.Output(display_name="negative"),
+                io.Conditioning.Output(display_name="negative_pose"),
+                io.Latent.Output(display_name="latent"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, positive: list, negative: list, vae: Any, reference_image: torch.Tensor,
+                pose_images: torch.Tensor, clip_vision_reference: Any, clip_vision_first_pose: Any,
+                width: int, height: int, length: int, pose_strength_spatial: float = 1.0,
+                pose_strength_temporal: float = 1.0, negative_pose_images: torch.Tensor | None = None) -> io.NodeOutput:
+        # Every check before the first VAE call (D10).
+        check_video_request(width, height, length)
+        check_frames("reference_image", reference_image, 1)
+        check_frames("pose_images", pose_images, length)
+        if negative_pose_images is not None:
+            check_frames("negative_pose_images", negative_pose_images, length)
+        for name, clip_out in (("clip_vision_reference", clip_vision_reference),
+                               ("clip_vision_first_pose", clip_vision_first_pose)):
+            if getattr(clip_out, "penultimate_hidden_states", None) is None:
+                raise ValueError(f"{name} has no penultimate hidden states: connect a 'CLIP Vision Encode' "
+                                 "output of clip_vision_h")
+
+        latent_frames = (length - 1) // 4 + 1
+        # Frame 0 = reference, the rest mid-grey (0 in [-1, 1]), as the official I2V input.
+        reference = resize_frames(reference_image[:1], width, height)
+        clip = torch.full((length, height, width, 3), 0.5, dtype=reference.dtype, device=reference.device)
+        clip[:1] = reference
+        image_latent = vae.encode(clip)
+        # 0 = keep, 1 = generate; the model wrapper inverts it (WAN21.concat_cond).
+        mask = torch.ones((1, 1, latent_frames, image_latent.shape[-2], image_latent.shape[-1]),
+                          dtype=image_latent.dtype, device=image_latent.device)
+        mask[:, :, :1] = 0.0
+        # The causal VAE encodes frame 0 alone, so its latent is the reference's own latent (ref_x).
+        ref_image_latent = image_latent[:, :, :1]
+
+        pose_latent = vae.encode(resize_frames(pose_images[:length], width, height))
+        ref_pose_latent = pose_latent[:, :, :1]
+
+        shared = {
+            "concat_latent_image": image_latent,
+            "concat_mask": mask,
+            "clip_vision_output": clip_vision_reference,
+            cond_keys.POSE_CLIP_VISION_OUTPUT: clip_vision_first_pose,
+            cond_keys.REF_IMAGE_LATENT: ref_image_latent,
+            cond_keys.REF_POSE_LATENT: ref_pose_latent,
+            cond_keys.POSE_STRENGTH_SPATIAL: pose_strength_spatial,
+            cond_keys.POSE_STRENGTH_TEMPORAL: pose_strength_temporal,
+        }
+        out_positive = node_helpers.conditioning_set_values(positive, {**shared, cond_keys.POSE_LATENT: pose_latent})
+        out_negative = node_helpers.conditioning_set_values(negative, {**shared, cond_keys.POSE_LATENT: pose_latent})
+        if negative_pose_images is not None:
+            negative_pose_latent = vae.encode(resize_frames(negative_pose_images[:length], width, height))
+            # Positive text with the perturbed poses; ref_c stays the positive first pose (official).
+            out_negative_pose = node_helpers.conditioning_set_values(
+                positive, {**shared, cond_keys.POSE_LATENT: negative_pose_latent})
+        else:
+            logging.warning("SteadyDancer Image To Video: no negative pose images given, the pose term of "
+                            "DC-CFG is switched off (connect 'SteadyDancer Negative Pose' to enable it)")
+            out_negative_pose = []
+
+        latent = torch.zeros([1, 16, latent_frames, height // 8, width // 8],
+                             device=comfy.model_management.intermediate_device())
+        return io.NodeOutput(out_positive, out_negative, out_negative_pose, {"samples": latent})

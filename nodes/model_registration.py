@@ -1,0 +1,159 @@
+"""Teach ComfyUI's own loaders to recognise SteadyDancer checkpoints (DESIGN D2).
+
+Registers :class:`SteadyDancerConfig` at the front of ``comfy.supported_models.models`` so core
+``Load Diffusion Model`` (and GGUF / fp8-scaled loading, LoRA loaders, ModelSampling nodes, every
+sampler) builds :class:`SteadyDancerModel`, whose ``diffusion_model`` is the core DiT. Plain Wan
+checkpoints lack ``patch_embedding_fuse.weight`` and keep loading as core ``WAN21_I2V``.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+import comfy.conds
+import comfy.model_base
+import comfy.supported_models
+from comfy.ldm.modules.attention import optimized_attention
+
+from ..steadydancer_core.model import SteadyDancerDiT
+from ..steadydancer_core.model.config import DiTConfig
+from . import cond_keys
+
+#: The one key that tells a SteadyDancer DiT from a plain Wan2.1 I2V DiT.
+STEADYDANCER_MARKER_KEY = "patch_embedding_fuse.weight"
+
+
+def dit_config_from_unet_config(unet_config: dict[str, Any]) -> DiTConfig:
+    """Translate ComfyUI's detected ``unet_config`` (plus our extra shape fields) into a DiTConfig.
+
+    ComfyUI's Wan detection fixes ``freq_dim`` at 256 and never reads ``text_dim``; the exact
+    values are filled in by :meth:`SteadyDancerConfig.get_model` from the state dict.
+    """
+    fields = {name: unet_config[name] for name in
+              ("dim", "ffn_dim", "num_heads", "num_layers", "freq_dim", "text_dim", "in_dim",
+               "in_dim_c", "out_dim", "clip_dim", "eps", "align_dim")
+              if name in unet_config}
+    if "patch_size" in unet_config:
+        fields["patch_size"] = tuple(unet_config["patch_size"])
+    return DiTConfig(**fields)
+
+
+def _shape(state_dict: dict[str, Any], key: str) -> tuple[int, ...]:
+    tensor = state_dict[key]
+    # GGUF tensors (city96's loader) keep their logical shape in ``tensor_shape``.
+    return tuple(getattr(tensor, "tensor_shape", tensor.shape))
+
+
+class SteadyDancerComfyDiT(SteadyDancerDiT):
+    """The core DiT, built from ComfyUI's ``unet_config`` and called the way ComfyUI calls Wan.
+
+    ComfyUI passes ``x`` with the I2V mask and image latent already concatenated (36 channels),
+    the CLIP feature of the reference as ``clip_fea`` and every other extra condition under the
+    name :meth:`SteadyDancerModel.extra_conds` gave it.
+    """
+
+    def __init__(self, device: torch.device | None = None, dtype: torch.dtype | None = None,
+                 operations: Any = None, **unet_config: Any) -> None:
+        super().__init__(dit_config_from_unet_config(unet_config), operations=operations,
+                         attention=self._comfy_attention, dtype=dtype, device=device)
+        self._transformer_options: dict[str, Any] = {}
+
+    def _comfy_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+        # transformer_options carries ComfyUI's attention overrides (optimized_attention_override).
+        return optimized_attention(q, k, v, heads=heads, transformer_options=self._transformer_options)
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                clip_fea: torch.Tensor | None = None, transformer_options: dict[str, Any] | None = None,
+                **extra: Any) -> torch.Tensor:
+        missing = [name for name in ("pose_latents", "ref_x", "ref_c", "clip_fea_c") if extra.get(name) is None]
+        if clip_fea is None:
+            missing.insert(0, "clip_fea")
+        if missing:
+            raise ValueError(
+                "SteadyDancer model called without its conditioning "
+                f"({', '.join(missing)} missing): build the conditionings with the "
+                "'SteadyDancer Image To Video' node (plain Wan I2V conditioning lacks the pose inputs)")
+        self._transformer_options = transformer_options or {}
+        try:
+            return super().forward(
+                x, timestep, context, clip_fea_x=clip_fea, clip_fea_c=extra["clip_fea_c"],
+                pose_latents=extra["pose_latents"], ref_x=extra["ref_x"], ref_c=extra["ref_c"],
+                pose_strength_spatial=extra.get("pose_strength_spatial", 1.0),
+                pose_strength_temporal=extra.get("pose_strength_temporal", 1.0))
+        finally:
+            self._transformer_options = {}
+
+
+class SteadyDancerModel(comfy.model_base.WAN21):
+    """ComfyUI model wrapper: Wan2.1 I2V handling of mask/image latent plus the pose inputs."""
+
+    def __init__(self, model_config: Any, model_type: comfy.model_base.ModelType = comfy.model_base.ModelType.FLOW,
+                 device: torch.device | None = None) -> None:
+        # Skip WAN21.__init__ (it hard-codes the core WanModel) and build our DiT instead.
+        comfy.model_base.BaseModel.__init__(self, model_config, model_type, device=device,
+                                            unet_model=SteadyDancerComfyDiT)
+        # ComfyUI 0.3.64 leaves the DiT in training mode (0.8.0 calls eval()); the alignment unit
+        # has training-only dropout, so inference must be in eval mode on every version.
+        self.diffusion_model.eval()
+        self.image_to_video = True
+
+    def extra_conds(self, **kwargs: Any) -> dict[str, Any]:
+        out = super().extra_conds(**kwargs)
+        for cond_key, model_key in ((cond_keys.POSE_LATENT, "pose_latents"),
+                                    (cond_keys.REF_IMAGE_LATENT, "ref_x"),
+                                    (cond_keys.REF_POSE_LATENT, "ref_c")):
+            latent = kwargs.get(cond_key)
+            if latent is not None:
+                out[model_key] = comfy.conds.CONDRegular(self.process_latent_in(latent))
+        pose_clip = kwargs.get(cond_keys.POSE_CLIP_VISION_OUTPUT)
+        if pose_clip is not None:
+            out["clip_fea_c"] = comfy.conds.CONDRegular(pose_clip.penultimate_hidden_states)
+        for cond_key, model_key in ((cond_keys.POSE_STRENGTH_SPATIAL, "pose_strength_spatial"),
+                                    (cond_keys.POSE_STRENGTH_TEMPORAL, "pose_strength_temporal")):
+            if kwargs.get(cond_key) is not None:
+                out[model_key] = comfy.conds.CONDConstant(float(kwargs[cond_key]))
+        return out
+
+
+class SteadyDancerConfig(comfy.supported_models.WAN21_I2V):
+    """Supported-model entry: a Wan2.1 I2V state dict that also has the fused pose patch embedding."""
+
+    required_keys = {STEADYDANCER_MARKER_KEY}
+
+    def get_model(self, state_dict: dict[str, Any], prefix: str = "", device: torch.device | None = None) -> SteadyDancerModel:
+        # Fields ComfyUI's Wan detection does not read (or fixes to the 14B value).
+        self.unet_config["freq_dim"] = _shape(state_dict, f"{prefix}time_embedding.0.weight")[1]
+        self.unet_config["text_dim"] = _shape(state_dict, f"{prefix}text_embedding.0.weight")[1]
+        self.unet_config["clip_dim"] = _shape(state_dict, f"{prefix}img_emb.proj.0.weight")[0]
+        self.unet_config["in_dim_c"] = _shape(state_dict, f"{prefix}patch_embedding_ref_c.weight")[1]
+        self.unet_config["align_dim"] = _shape(state_dict, f"{prefix}condition_embedding_align.proj_p.weight")[0]
+        return SteadyDancerModel(self, device=device)
+
+
+def is_steadydancer_model(model_patcher: Any) -> bool:
+    """True when a MODEL socket value holds a SteadyDancer DiT (not plain Wan or anything else)."""
+    return isinstance(getattr(model_patcher, "model", None), SteadyDancerModel)
+
+
+def require_steadydancer_model(model_patcher: Any, node_name: str) -> None:
+    """Raise a clear error when a SteadyDancer node is given some other model."""
+    if not is_steadydancer_model(model_patcher):
+        inner = getattr(model_patcher, "model", model_patcher)
+        raise ValueError(
+            f"{node_name} needs a SteadyDancer model, got {type(inner).__name__}. Load the SteadyDancer DiT "
+            "file with 'Load Diffusion Model'; a plain Wan2.1 I2V file has no pose branch "
+            f"({STEADYDANCER_MARKER_KEY} is missing from its keys).")
+
+
+def register() -> None:
+    """Put :class:`SteadyDancerConfig` first in ComfyUI's model registry (idempotent).
+
+    ComfyUI may import the pack more than once (reloads, tests), each time with fresh class
+    objects, so earlier registrations are recognised by name and replaced.
+    """
+    registry = comfy.supported_models.models
+    registry[:] = [cfg for cfg in registry if cfg.__name__ != SteadyDancerConfig.__name__]
+    registry.insert(0, SteadyDancerConfig)
+    logging.debug("SteadyDancer model config registered with ComfyUI")
