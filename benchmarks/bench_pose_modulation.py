@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -62,7 +63,8 @@ def main() -> None:
         times["total"] = sum(times.values())
         best = {k: min(v, best.get(k, float("inf"))) for k, v in times.items()}
     print(f"{args.frames} frames at {args.width}x{args.height} (supersample 2, area downscale, "
-          f"{args.threads} render threads), best of {args.repeats}; output {images.shape}")
+          f"{args.threads} render threads), best of {args.repeats}; output {images.shape}; "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     for name, seconds in best.items():
         print(f"  {name:16s} {seconds * 1000:8.1f} ms")
     # Baseline in the same process: the bicubic (PIL) downscale the official loader applies.

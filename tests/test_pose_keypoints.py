@@ -132,6 +132,8 @@ def test_own_json_round_trip_is_exact(tmp_path):
         other = getattr(back, name)
         assert np.array_equal(value, other) if isinstance(value, np.ndarray) else value == other, name
     assert loaded[1].people == [] and (loaded[1].width, loaded[1].height) == (720, 1280)
+    in_memory = frames_from_dict(json.loads(json.dumps(frames_to_dict(frames))))
+    assert np.array_equal(in_memory[0].people[0].face, person.face) and in_memory[0].people[0].detection_score == 0.87
     # a POSE_KEYPOINT file loads too
     path_cna = tmp_path / "cna.json"
     path_cna.write_text(json.dumps(frames_to_pose_keypoint(frames)))

@@ -30,8 +30,7 @@ import cv2
 import numpy as np
 
 from .keypoints import (
-    BODY_JOINTS, LEFT_HAND, NECK, RIGHT_HAND, PersonPose, PoseFrame, check_sequence, person_from_official,
-    person_to_official, select_person,
+    LEFT_HAND, NECK, RIGHT_HAND, PersonPose, PoseFrame, check_sequence, person_to_official, select_person,
 )
 
 SCALE_NAMES: tuple[str, ...] = (
@@ -378,8 +377,3 @@ def align_sequence(
     aligned = [PoseFrame([by_frame[t]] if t in by_frame else [], int(width), int(height)) for t in range(len(driving))]
     return aligned, alignment
 
-
-__all__ = [
-    "Alignment", "DEFAULT_RATIO_RANGE", "SCALE_NAMES", "align_sequence", "apply_alignment", "estimate_alignment",
-    "person_from_official",
-]
