@@ -143,6 +143,18 @@ def official_dpmpp_schedule(steps: int = DEFAULT_STEPS, shift: float = DEFAULT_S
     )
 
 
+def official_sigmas(steps: int = DEFAULT_STEPS, shift: float = DEFAULT_SHIFT, solver: str = "unipc") -> torch.Tensor:
+    """The official grid as a ComfyUI SIGMAS list (float32, ``N + 1`` values, final 0).
+
+    ``solver="unipc"`` (official default, starts at shift(0.999)) or ``"dpm++"`` (starts at 1.0). Pair it
+    with :meth:`FlowSchedule.timestep_for_sigma` to feed the model the official integer timesteps.
+    """
+    builders = {"unipc": official_unipc_schedule, "dpm++": official_dpmpp_schedule}
+    if solver not in builders:
+        raise ValueError(f"unknown official solver grid {solver!r}; expected one of {sorted(builders)}")
+    return builders[solver](steps, shift).sigmas
+
+
 def comfy_flow_sigma_table(shift: float, timesteps: int = NUM_TRAIN_TIMESTEPS) -> torch.Tensor:
     """ComfyUI ``ModelSamplingDiscreteFlow``'s ascending float32 table ``sigma(i/1000)``, i = 1..1000."""
     _check_shift(shift)

@@ -74,7 +74,7 @@ class FlowUniPCSolver:
         if self.step_index >= self.num_steps:
             raise RuntimeError(f"all {self.num_steps} steps are done; build a new solver to sample again")
         i = self.step_index
-        if i > 0 and self._last_sample is not None:
+        if self._last_sample is not None:  # UniC from step 1 on
             sample = self._correct(x0_pred, sample)
         self._x0_history = (self._x0_history + [x0_pred])[-SOLVER_ORDER:]
         order = min(SOLVER_ORDER, self.num_steps - i, len(self._x0_history))

@@ -16,6 +16,7 @@ from steadydancer_core.schedule import (
     default_shift,
     official_dpmpp_schedule,
     official_dpmpp_sigmas,
+    official_sigmas,
     official_unipc_schedule,
     shift_sigmas,
     unshift_sigmas,
@@ -43,6 +44,7 @@ def test_unipc_grids_match_official(recorded):
         expected = torch.tensor(grid["sigmas"], dtype=torch.float32)
         assert torch.equal(schedule.sigmas, expected), (grid["steps"], grid["shift"])
         assert float(schedule.sigmas[-1]) == 0.0
+        assert torch.equal(official_sigmas(grid["steps"], grid["shift"]), expected)
 
 
 def test_dpmpp_sigmas_match_official(recorded):
@@ -54,6 +56,8 @@ def test_dpmpp_sigmas_match_official(recorded):
         assert sigmas[0] == 1.0
         schedule = official_dpmpp_schedule(grid["steps"], grid["shift"])
         assert int(schedule.timesteps[0]) == 1000 and float(schedule.sigmas[-1]) == 0.0
+        as_comfy_sigmas = official_sigmas(grid["steps"], grid["shift"], solver="dpm++")
+        assert torch.equal(as_comfy_sigmas[:-1], torch.tensor(grid["sigmas"], dtype=torch.float32))
 
 
 def test_40_steps_shift_5_timesteps_as_documented():
@@ -181,6 +185,8 @@ def test_solver_misuse_raises_clear_errors():
         official_unipc_schedule(0, 5.0)
     with pytest.raises(ValueError, match="shift must be"):
         official_unipc_schedule(10, 0.0)
+    with pytest.raises(ValueError, match="unknown official solver grid"):
+        official_sigmas(10, 5.0, solver="euler")
 
 
 def test_unipc_accepts_grids_starting_at_sigma_one():
