@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import random
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -234,4 +233,3 @@ def test_concat_pass_inputs_pads_context_and_checks_strengths():
         concat_pass_inputs([base, stronger])
     with pytest.raises(ValueError, match="no passes"):
         concat_pass_inputs([])
-    assert np.isclose(stronger.pose_strength_spatial, 0.5)

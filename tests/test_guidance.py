@@ -163,7 +163,7 @@ def test_missing_negative_pose_warns_and_turns_pose_term_off():
         guidance = DCCFGGuidance(model, 1.0, 0.5, None, DCCFGConfig())
     counts = _run(guidance, model)
     assert counts == [2] * 40
-    # Text-only: 0.5x + 0.5 + 5 (0.5x) at x = 1 -> 3.5 + 0.5 = ... e_t = 1.0, e_c = 1.5: 1.0 + 5 * 0.5 = 3.5.
+    # Text-only at x = 1, t = 500: e_c = 1.5, e_t = 1.0 -> 1.0 + 5 * 0.5 = 3.5.
     torch.testing.assert_close(guidance(torch.ones(1, 2), torch.tensor(500), 10, 40), torch.full((1, 2), 3.5))
     with pytest.warns(UserWarning, match="no negative-pose prediction inside the pose window"):
         out = combine_predictions(DCCFGConfig(), 10, 40, COND, UNCOND_TEXT, None)
