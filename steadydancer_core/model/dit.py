@@ -141,7 +141,8 @@ class SteadyDancerDiT(nn.Module):
         Args:
             x: [B, 36, T, H, W] noise | mask | first-frame image latent.
             timestep: [B] (or one value) — int-truncated or float sigma*1000.
-            context: [B, L, text_dim] T5 features, zero-padded here to ``text_len`` (no mask, as official).
+            context: [B, L, text_dim] T5 features, zero-padded here to ``text_len`` (no mask, as official);
+                L > text_len (ComfyUI's umT5 does not truncate long prompts) is used as given.
             clip_fea_x, clip_fea_c: [B, 257, clip_dim] CLIP of the reference image and of the first positive
                 pose frame; projected by the same ``img_emb`` and summed.
             pose_latents: [B, 16, T, H, W] positive or negative pose latents.
@@ -149,6 +150,8 @@ class SteadyDancerDiT(nn.Module):
             ref_c: [B, 16, 1, H, W] first POSITIVE pose latent frame (also in the negative-pose pass).
             pose_strength_spatial, pose_strength_temporal: multipliers of the spatial/temporal pose
                 branch outputs in the fused pose (1.0 = official).
+
+        All inputs are cast to ``x.dtype``/``x.device``, which is the compute dtype of the whole forward.
         """
         timestep = torch.as_tensor(timestep)
         self._validate(x, timestep, context, clip_fea_x, clip_fea_c, pose_latents, ref_x, ref_c)
