@@ -28,6 +28,15 @@ from steadydancer_train.trainer import choose_pose_variant  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matmuls on a shared 2-core machine: intra-op threads only add spin-wait (40x slower here)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def micro_inputs(seed: int = 0, frames: int = 3, size: int = 8) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     c = MICRO

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,16 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from .distributed import DistInfo, barrier
 
 _OPTIONS = StateDictOptions(ignore_frozen_params=True)
+# Loading only the trainable tensors: frozen keys are absent on purpose (they come from the start weights).
+_LOAD_OPTIONS = StateDictOptions(ignore_frozen_params=True, strict=False)
+
+
+@contextmanager
+def _single_process_ok():
+    """DCP warns that it 'assumes a single process' when no group exists; that is intended here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
 
 
 def step_dir(output_dir: str | Path, step: int) -> Path:
@@ -29,7 +41,8 @@ def save_checkpoint(output_dir: str | Path, step: int, model: torch.nn.Module, o
                     meta: dict[str, Any], info: DistInfo, keep_last: int) -> Path:
     target = step_dir(output_dir, step)
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_OPTIONS)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(target))
+    with _single_process_ok():
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(target))
     barrier(info)
     if info.is_main:
         (target / "meta.json").write_text(json.dumps({**meta, "step": step}, indent=2))
@@ -67,6 +80,8 @@ def read_meta(path: Path) -> dict[str, Any]:
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_OPTIONS)
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=str(path))
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"], options=_OPTIONS)
+    with _single_process_ok():
+        dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                   options=_LOAD_OPTIONS)
     return read_meta(path)
