@@ -7,10 +7,12 @@ DiT checkpoint in the released key layout. All weights are seeded, so two builds
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
+from steadydancer_core.encoders import CLIP_MEAN, CLIP_STD
 from steadydancer_core.model.config import TINY, DiTConfig
 
 #: Words known to the tiny tokenizer; anything else maps to <unk> (the test prompts use these).
@@ -38,7 +40,7 @@ def build_tiny_tokenizer(folder: Path):
 def build_tiny_wan_dir(root: Path, config: DiTConfig = TINY, seed: int = 0) -> Path:
     """Write tiny random VAE / umT5 / CLIP-vision components in the Diffusers Wan2.1-I2V layout."""
     from diffusers import AutoencoderKLWan
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+    from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
     root = Path(root)
     torch.manual_seed(seed)
@@ -55,6 +57,24 @@ def build_tiny_wan_dir(root: Path, config: DiTConfig = TINY, seed: int = 0) -> P
     clip_config = CLIPVisionConfig(hidden_size=config.clip_dim, intermediate_size=96, num_hidden_layers=3,
                                    num_attention_heads=4, image_size=32, patch_size=2, projection_dim=16)
     CLIPVisionModel(clip_config).save_pretrained(str(root / "image_encoder"))
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
-        str(root / "image_processor"))
+    # Written directly (as the real repo's file) rather than via CLIPImageProcessor, which wants torchvision.
+    (root / "image_processor").mkdir(parents=True, exist_ok=True)
+    (root / "image_processor" / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": 32},
+        "do_center_crop": True, "crop_size": {"height": 32, "width": 32}, "do_normalize": True,
+        "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD), "resample": 3}, indent=2))
     return root
+
+
+def build_tiny_dit_checkpoint(path: Path, config: DiTConfig = TINY, seed: int = 0, sharded: bool = False) -> Path:
+    """A seeded random tiny SteadyDancer DiT saved in the released key layout (file or diffusers shards).
+
+    The default initialisation leaves no branch at zero (only norm weights/biases start at 1/0), so the
+    pose modulation, the reference tokens and both CLIP features all influence the output.
+    """
+    from steadydancer_core.model import SteadyDancerDiT
+    from steadydancer_core.model.checkpoint import save_dit
+
+    torch.manual_seed(seed)
+    model = SteadyDancerDiT(config)
+    return save_dit(model, path, sharded=sharded)
