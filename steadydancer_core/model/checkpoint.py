@@ -72,6 +72,7 @@ class _OpenCheckpoint:
         self.files: list[SafetensorsFile] = []
         self.config_json: dict | None = None
         self.metadata: dict[str, str] = {}
+        self._scratch: torch.Tensor | None = None
         try:
             stored = self._open_layout()
             self.entries = self._canonicalise(stored)
@@ -185,6 +186,12 @@ class _OpenCheckpoint:
         """Canonical parameter keys (quantisation bookkeeping removed) -> stored shape."""
         return {k: e.info.shape for k, e in self.entries.items() if k not in self.quant.auxiliary_keys}
 
+    def _read_scratch(self, entry: _Entry) -> torch.Tensor:
+        """The stored tensor in a scratch buffer shared by all conversions (valid until the next read)."""
+        if self._scratch is None:  # sized once for the largest tensor: no regrowth, no fragmentation
+            self._scratch = torch.empty(max(e.info.nbytes for e in self.entries.values()), dtype=torch.uint8)
+        return entry.file.read_into(entry.stored_name, self._scratch)
+
     def tensor(self, key: str, dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:
         """Parameter ``key`` in ``dtype`` (None: as stored; fp8 -> float32) on ``device``."""
         entry = self.entries[key]
@@ -194,12 +201,14 @@ class _OpenCheckpoint:
             scale = None
             if scale_key is not None:
                 scale = self.entries[scale_key].file.copy(self.entries[scale_key].stored_name)
-            return dequantize(entry.file.copy(entry.stored_name), scale, dtype or torch.float32).to(device)
+            return dequantize(self._read_scratch(entry), scale, dtype or torch.float32).to(device)
         if device.type == "cpu" and dtype in (None, stored):
             return entry.file.mapped(entry.stored_name)
-        return entry.file.copy(entry.stored_name).to(device=device, dtype=dtype or stored)
+        # dtype or device differ, so .to() allocates a new tensor and the scratch is free again.
+        return self._read_scratch(entry).to(device=device, dtype=dtype or stored, copy=True)
 
     def close(self) -> None:
+        self._scratch = None
         for handle in self.files:
             handle.close()
 

@@ -19,6 +19,7 @@ fp8 weights without any scale are plain fp8 casts (scale 1).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -75,31 +76,29 @@ def plan_dequantization(shapes: Mapping[str, Sequence[int]], metadata: Mapping[s
     for key, shape in shapes.items():
         if key == MARKER_KEY:
             plan.auxiliary_keys.add(key)
-        elif (layer := _layer_of(key, WEIGHT_SCALE_SUFFIXES)) is not None:
-            weight_key = f"{layer}.weight"
-            if weight_key not in shapes:
-                raise CheckpointError(f"{source}: scale {key!r} has no weight {weight_key!r} to apply to")
+            continue
+        layer = _layer_of(key, WEIGHT_SCALE_SUFFIXES + INPUT_SCALE_SUFFIXES + (QUANT_CONF_SUFFIX,))
+        if layer is None:
+            continue
+        weight_key = f"{layer}.weight"
+        if weight_key not in shapes:  # bookkeeping for a layer that is not there: never drop silently
+            raise CheckpointError(f"{source}: quantisation entry {key!r} has no weight {weight_key!r} to apply to")
+        if _layer_of(key, WEIGHT_SCALE_SUFFIXES) is not None:
             if weight_key in plan.weight_scales:
                 raise CheckpointError(f"{source}: {weight_key!r} has two scales "
                                       f"({plan.weight_scales[weight_key]!r} and {key!r})")
-            numel = 1
-            for size in shape:
-                numel *= size
-            if numel != 1:
+            if math.prod(shape) != 1:
                 raise CheckpointError(f"{source}: {key!r} has shape {list(shape)}; a per-tensor scale "
                                       "(one value) is expected")
             plan.weight_scales[weight_key] = key
-            plan.auxiliary_keys.add(key)
-        elif _layer_of(key, INPUT_SCALE_SUFFIXES) is not None:
-            plan.auxiliary_keys.add(key)
-        elif (layer := _layer_of(key, (QUANT_CONF_SUFFIX,))) is not None:
+        elif key.endswith(QUANT_CONF_SUFFIX):
             raw = read_tensor(key)
             try:
                 conf = json.loads(bytes(raw.to(torch.uint8).flatten().tolist()).decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as err:
                 raise CheckpointError(f"{source}: {key!r} is not a JSON quantisation config ({err})") from err
             _check_format(layer, conf, source)
-            plan.auxiliary_keys.add(key)
+        plan.auxiliary_keys.add(key)
 
     if QUANT_METADATA_KEY in metadata:
         try:
@@ -117,7 +116,7 @@ def dequantize(weight: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dt
     The product is formed in float32 (exact for fp8 x fp32-scalar up to one rounding) and rounded to
     ``dtype`` once, so a bf16 load equals ``(fp8.float() * scale).to(bf16)`` bit for bit.
     """
-    value = weight.float()
+    value = weight.to(torch.float32, copy=True)  # own memory: ``weight`` may be a reused read buffer
     if scale is not None:
-        value = value * scale.float().reshape(())
+        value.mul_(scale.float().reshape(()))
     return value.to(dtype)
