@@ -4,9 +4,13 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .image_to_video import SteadyDancerImageToVideo
+from .sampling import SteadyDancerDCCFGGuider, SteadyDancerKSampler, SteadyDancerOfficialSchedule
 
 NODE_LIST: list[type[io.ComfyNode]] = [
     SteadyDancerImageToVideo,
+    SteadyDancerDCCFGGuider,
+    SteadyDancerKSampler,
+    SteadyDancerOfficialSchedule,
 ]
 
 

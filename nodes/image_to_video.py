@@ -12,22 +12,14 @@ from typing import Any
 import torch
 
 import comfy.model_management
-import comfy.utils
 import node_helpers
 import nodes as comfy_nodes
 from comfy_api.latest import io
 
+from ..steadydancer_core import conditioning
 from . import cond_keys
 
 CATEGORY = "SteadyDancer"
-
-
-def check_video_request(width: int, height: int, length: int) -> None:
-    """Sizes the Wan VAE (stride 8) and patch embedding (2x2) accept, and 4n+1 frames."""
-    if width % 16 or height % 16:
-        raise ValueError(f"width and height must be multiples of 16, got {width}x{height}")
-    if length < 1 or (length - 1) % 4:
-        raise ValueError(f"length must be 4n+1 frames (1, 5, 9, ..., 81), got {length}")
 
 
 def check_frames(name: str, images: torch.Tensor, length: int) -> None:
@@ -39,8 +31,12 @@ def check_frames(name: str, images: torch.Tensor, length: int) -> None:
 
 
 def resize_frames(images: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Bicubic resize to exactly width x height, no crop, as the official pipeline does."""
-    resized = comfy.utils.common_upscale(images[..., :3].movedim(-1, 1), width, height, "bicubic", "disabled")
+    """ComfyUI IMAGE [N, H, W, C] in [0, 1] -> the official bicubic resize (no crop, no clamp).
+
+    Bicubic interpolation is linear, so resizing [0, 1] pixels equals the official resize of
+    the [-1, 1] values; ComfyUI's VAE does the range change.
+    """
+    resized = conditioning.resize_bicubic(images[..., :3].movedim(-1, 1), height, width)
     return resized.movedim(1, -1)
 
 
@@ -94,7 +90,8 @@ class SteadyDancerImageToVideo(io.ComfyNode):
                 width: int, height: int, length: int, pose_strength_spatial: float = 1.0,
                 pose_strength_temporal: float = 1.0, negative_pose_images: torch.Tensor | None = None) -> io.NodeOutput:
         # Every check before the first VAE call (D10).
-        check_video_request(width, height, length)
+        conditioning.validate_size(height, width)
+        conditioning.validate_frame_count(length)
         check_frames("reference_image", reference_image, 1)
         check_frames("pose_images", pose_images, length)
         if negative_pose_images is not None:
@@ -105,7 +102,7 @@ class SteadyDancerImageToVideo(io.ComfyNode):
                 raise ValueError(f"{name} has no penultimate hidden states: connect a 'CLIP Vision Encode' "
                                  "output of clip_vision_h")
 
-        latent_frames = (length - 1) // 4 + 1
+        latent_frames = conditioning.latent_frame_count(length)
         # Frame 0 = reference, the rest mid-grey (0 in [-1, 1]), as the official I2V input.
         reference = resize_frames(reference_image[:1], width, height)
         clip = torch.full((length, height, width, 3), 0.5, dtype=reference.dtype, device=reference.device)

@@ -36,3 +36,36 @@ def scaled_fp8_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torc
             out[key] = value
     out["scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
     return out
+
+
+def random_wan21_vae_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A full-architecture Wan2.1 VAE (ComfyUI's layout, detected by its keys) with random weights.
+
+    ComfyUI fixes the VAE width at the released 96, so it cannot be shrunk; it is still fast at the
+    tiny frame sizes of the tests. Needs ComfyUI importable.
+    """
+    import comfy.ldm.wan.vae
+
+    vae = comfy.ldm.wan.vae.WanVAE(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                                   temperal_downsample=[False, True, True], dropout=0.0)
+    g = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    for key, value in vae.state_dict().items():
+        if key.endswith("gamma"):  # RMS-norm gains: keep activations in range
+            state[key] = torch.ones_like(value)
+        else:
+            fan_in = max(value[0].numel(), 1) if value.ndim > 1 else 1
+            state[key] = torch.randn(value.shape, generator=g) * (0.5 / fan_in ** 0.5 if value.ndim > 1 else 0.01)
+    return state
+
+
+_VAE_CACHE: dict[int, object] = {}
+
+
+def comfy_wan21_vae(seed: int = 0):
+    """ComfyUI's own ``comfy.sd.VAE`` around :func:`random_wan21_vae_state_dict` (built once per process)."""
+    if seed not in _VAE_CACHE:
+        import comfy.sd
+
+        _VAE_CACHE[seed] = comfy.sd.VAE(sd=random_wan21_vae_state_dict(seed))
+    return _VAE_CACHE[seed]

@@ -1,0 +1,164 @@
+"""DC-CFG guider, KSampler and official schedule nodes in real ComfyUI (needs COMFYUI_PATH).
+
+A tiny SteadyDancer DiT is loaded by ComfyUI's own loader; conditionings come from the Image To
+Video node. Every model call is observed through ComfyUI's unet-function wrapper, so the test
+checks (a) which passes run at each step and (b) that the guided prediction equals the DC-CFG
+formula written out here from the recorded per-pass predictions.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.comfyui import harness
+from tests.comfyui.tiny_models import comfy_wan21_vae, tiny_dit_state_dict
+
+STEPS = 10  # window (0.1, 0.4) strict on i/10 -> steps 2 and 3
+
+
+@pytest.fixture(scope="module", autouse=True)
+def sampling():
+    return harness.pack_module("nodes.sampling")
+
+
+@pytest.fixture(scope="module")
+def model():
+    import comfy.sd
+
+    return comfy.sd.load_diffusion_model_state_dict(tiny_dit_state_dict())
+
+
+@pytest.fixture(scope="module")
+def conditionings():
+    import comfy.clip_vision
+
+    i2v = harness.pack_module("nodes.image_to_video")
+    g = torch.Generator().manual_seed(0)
+
+    def clip_out():
+        out = comfy.clip_vision.Output()
+        out["penultimate_hidden_states"] = torch.randn(1, 257, 48, generator=g)
+        return out
+
+    result = i2v.SteadyDancerImageToVideo.execute(
+        # Same token count as ComfyUI's T5 gives (always padded to 512), so the passes batch.
+        positive=[[torch.randn(1, 7, 32, generator=g), {}]], negative=[[torch.randn(1, 7, 32, generator=g), {}]],
+        vae=comfy_wan21_vae(), reference_image=torch.rand(1, 32, 16, 3, generator=g),
+        pose_images=torch.rand(5, 32, 16, 3, generator=g), clip_vision_reference=clip_out(),
+        clip_vision_first_pose=clip_out(), width=16, height=32, length=5,
+        negative_pose_images=torch.rand(5, 32, 16, 3, generator=g)).result
+    return result  # positive, negative, negative_pose, latent
+
+
+def record_calls(model):
+    """A clone of ``model`` whose every diffusion call is logged as (cond indices, sigma, output)."""
+    calls = []
+    patched = model.clone()
+
+    def wrapper(apply_model, args):
+        out = apply_model(args["input"], args["timestep"], **args["c"])
+        calls.append((list(args["cond_or_uncond"]), float(args["timestep"][0]), out.detach().clone()))
+        return out
+
+    patched.set_model_unet_function_wrapper(wrapper)
+    return patched, calls
+
+
+def sample_with_guider(guider, latent, sigmas, seed=7):
+    import comfy.sample
+    import comfy.samplers
+
+    x0_per_step = []
+    noise = comfy.sample.prepare_noise(latent["samples"], seed)
+    out = guider.sample(noise, latent["samples"], comfy.samplers.sampler_object("euler"), sigmas,
+                        callback=lambda step, x0, x, total: x0_per_step.append(x0.clone()), disable_pbar=True,
+                        seed=seed)
+    return out, x0_per_step
+
+
+@pytest.mark.parametrize("text_cfg, rows_outside, rows_inside", [(5.0, 2, 3), (1.0, 1, 2)])
+def test_passes_per_step_and_formula(sampling, model, conditionings, text_cfg, rows_outside, rows_inside):
+    positive, negative, negative_pose, latent = conditionings
+    patched, calls = record_calls(model)
+    guider = sampling.SteadyDancerDCCFGGuider.execute(patched, positive, negative, negative_pose, text_cfg,
+                                                      1.5, 0.1, 0.4).result[0]
+    sigmas = sampling.official_sigmas(STEPS, 5.0)
+    _, x0_per_step = sample_with_guider(guider, latent, sigmas)
+
+    # One batched model call per step (tiny model: memory allows), the pose pass only at steps 2, 3.
+    assert len(calls) == STEPS
+    rows = [len(cond_idx) for cond_idx, _, _ in calls]
+    assert rows == [rows_inside if i in (2, 3) else rows_outside for i in range(STEPS)]
+    for step, (cond_idx, _, out) in enumerate(calls):
+        preds = dict(zip(cond_idx, out.chunk(len(cond_idx))))  # 0 positive, 1 negative text, 2 negative pose
+        cond = preds[0]
+        expected = cond if text_cfg == 1.0 else preds[1] + text_cfg * (cond - preds[1])
+        if 2 in preds:
+            expected = expected + 1.5 * (cond - preds[2])
+        torch.testing.assert_close(x0_per_step[step], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_empty_negative_pose_turns_pose_term_off(sampling, model, conditionings, caplog):
+    positive, negative, _, latent = conditionings
+    patched, calls = record_calls(model)
+    guider = sampling.SteadyDancerDCCFGGuider.execute(patched, positive, negative, [], 5.0, 1.0, 0.1, 0.4).result[0]
+    sample_with_guider(guider, latent, sampling.official_sigmas(STEPS, 5.0))
+    assert [len(c) for c, _, _ in calls] == [2] * STEPS
+    assert "pose guidance term is off" in caplog.text
+
+
+def test_ksampler_equals_guider_with_sampler_custom_advanced(sampling, model, conditionings):
+    from comfy_extras import nodes_custom_sampler
+
+    positive, negative, negative_pose, latent = conditionings
+    out = sampling.SteadyDancerKSampler.execute(model, 11, 4, 5.0, 1.0, 0.1, 0.4, "euler", "simple", positive,
+                                                negative, negative_pose, latent, 1.0).result[0]
+    assert out["samples"].shape == latent["samples"].shape and torch.isfinite(out["samples"]).all()
+
+    guider = sampling.SteadyDancerDCCFGGuider.execute(model, positive, negative, negative_pose, 5.0, 1.0,
+                                                      0.1, 0.4).result[0]
+    import comfy.samplers
+
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 4).cpu()
+    args = (nodes_custom_sampler.Noise_RandomNoise(11), guider, comfy.samplers.sampler_object("euler"), sigmas,
+            latent)
+    node = nodes_custom_sampler.SamplerCustomAdvanced
+    if hasattr(node, "execute"):  # V3 node (0.8.0)
+        core_out = node.execute(*args).result[0]
+    else:  # V1 node (0.3.64)
+        core_out = node().sample(*args)[0]
+    torch.testing.assert_close(out["samples"], core_out["samples"])
+
+
+def test_official_scheduler_uses_model_shift(sampling, model):
+    import comfy_extras.nodes_model_advanced as advanced
+
+    shifted = advanced.ModelSamplingSD3().patch(model, 3.0)[0]
+    assert sampling.model_shift(shifted) == 3.0
+    assert sampling.model_shift(model) == 8.0  # Wan default in ComfyUI
+
+
+def test_official_schedule_values(sampling):
+    sigmas = sampling.SteadyDancerOfficialSchedule.execute(40, 5.0, 1.0).result[0]
+    assert sigmas.shape == (41,) and float(sigmas[-1]) == 0.0
+    first = 5 * 0.999 / (1 + 4 * 0.999)
+    assert abs(float(sigmas[0]) - first) < 1e-6
+    # Official model timesteps (model_spec §5.1): int(sigma * 1000) for N = 40, shift 5.
+    assert [int(float(s) * 1000) for s in sigmas[:5]] == [999, 994, 989, 983, 978]
+    half = sampling.SteadyDancerOfficialSchedule.execute(10, 5.0, 0.5).result[0]
+    full20 = sampling.SteadyDancerOfficialSchedule.execute(20, 5.0, 1.0).result[0]
+    torch.testing.assert_close(half, full20[-11:])
+
+
+def test_plain_wan_model_is_refused(sampling, conditionings):
+    import comfy.ldm.wan.model
+    import comfy.ops
+    import comfy.sd
+
+    wan = comfy.ldm.wan.model.WanModel(model_type="i2v", in_dim=36, dim=256, ffn_dim=512, num_heads=2,
+                                       num_layers=1, out_dim=16, operations=comfy.ops.disable_weight_init)
+    plain = comfy.sd.load_diffusion_model_state_dict({k: torch.randn_like(v) * 0.02
+                                                      for k, v in wan.state_dict().items()})
+    positive, negative, negative_pose, _ = conditionings
+    with pytest.raises(ValueError, match="needs a SteadyDancer model"):
+        sampling.SteadyDancerDCCFGGuider.execute(plain, positive, negative, negative_pose, 5.0, 1.0, 0.1, 0.4)
