@@ -106,10 +106,13 @@ class TrainingDiT(nn.Module):
                 pose_latents: torch.Tensor | None = None, ref_x: torch.Tensor | None = None,
                 ref_c: torch.Tensor | None = None, drop: Sequence[str] = ()) -> torch.Tensor:
         if mode == "full":
-            return self.dit(x, timestep, context, clip_fea_x, clip_fea_c, pose_latents, ref_x, ref_c)
-        if mode == "uncond":
-            return uncond_forward(self.dit, x, timestep, context, clip_fea_x, clip_fea_c, pose_latents,
-                                  ref_x, ref_c, drop)
-        if mode == "teacher":
-            return teacher_forward(self.dit, x, timestep, context, clip_fea_x)
-        raise ValueError(f"unknown forward mode {mode!r}; expected full, uncond or teacher")
+            out = self.dit(x, timestep, context, clip_fea_x, clip_fea_c, pose_latents, ref_x, ref_c)
+        elif mode == "uncond":
+            out = uncond_forward(self.dit, x, timestep, context, clip_fea_x, clip_fea_c, pose_latents,
+                                 ref_x, ref_c, drop)
+        elif mode == "teacher":
+            out = teacher_forward(self.dit, x, timestep, context, clip_fea_x)
+        else:
+            raise ValueError(f"unknown forward mode {mode!r}; expected full, uncond or teacher")
+        # The DiT returns a crop (a view); FSDP2's pre-backward hook must sit on a tensor of its own.
+        return out.clone()

@@ -289,7 +289,7 @@ class StageRunner:
                 self.optimizer.zero_grad(set_to_none=True)
                 record = {"step": step + 1, "lr": lr, "grad_norm": grad_norm,
                           **{k: all_reduce_mean(v, info) for k, v in sums.items() if k.startswith("loss")},
-                          "sigma": sums["sigma"], "step_time_s": time.perf_counter() - began}
+                          "sigma": all_reduce_mean(sums["sigma"], info), "step_time_s": time.perf_counter() - began}
                 if info.device.type == "cuda":
                     record["peak_mem_gb"] = torch.cuda.max_memory_allocated(info.device) / 1024**3
                 records.append(record)
