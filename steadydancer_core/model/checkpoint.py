@@ -255,10 +255,10 @@ def infer_config(shapes: Mapping[str, Sequence[int]]) -> DiTConfig:
                                   "(pass config= to load a non-standard checkpoint)")
         return tuple(shapes[key])
 
-    dim, in_dim, *patch = shape_of("patch_embedding.weight")
-    if len(patch) != 3:
-        raise CheckpointError(f"patch_embedding.weight must be a Conv3d weight (5-D); got shape "
-                              f"{list(shape_of('patch_embedding.weight'))}")
+    embed_shape = shape_of("patch_embedding.weight")
+    if len(embed_shape) != 5:
+        raise CheckpointError(f"patch_embedding.weight must be a Conv3d weight (5-D); got shape {list(embed_shape)}")
+    dim, in_dim, *patch = embed_shape
     layer_ids = {int(k.split(".")[1]) for k in shapes if k.startswith("blocks.") and k.split(".")[1].isdigit()}
     if not layer_ids or layer_ids != set(range(len(layer_ids))):
         raise CheckpointError(f"transformer blocks must be numbered 0..N-1; found {sorted(layer_ids)[:10]}")
