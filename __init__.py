@@ -11,10 +11,11 @@ import importlib.util
 
 # Outside ComfyUI (e.g. pytest collecting the checkout as a package) there is nothing to register.
 if importlib.util.find_spec("comfy") is not None:
+    from .nodes import model_folders, model_registration
     from .nodes.extension import SteadyDancerExtension
-    from .nodes.model_registration import register as _register_model_type
 
-    _register_model_type()
+    model_registration.register()
+    model_folders.register()
 
     async def comfy_entrypoint() -> SteadyDancerExtension:
         return SteadyDancerExtension()

@@ -5,12 +5,15 @@ from comfy_api.latest import ComfyExtension, io
 
 from .image_to_video import SteadyDancerImageToVideo
 from .sampling import SteadyDancerDCCFGGuider, SteadyDancerKSampler, SteadyDancerOfficialSchedule
+from .text_embeds import SteadyDancerLoadTextEmbeds, SteadyDancerSaveTextEmbeds
 
 NODE_LIST: list[type[io.ComfyNode]] = [
     SteadyDancerImageToVideo,
     SteadyDancerDCCFGGuider,
     SteadyDancerKSampler,
     SteadyDancerOfficialSchedule,
+    SteadyDancerSaveTextEmbeds,
+    SteadyDancerLoadTextEmbeds,
 ]
 
 
