@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from checkpoint_helpers import linear_weight_keys, quantize_scaled_fp8, tiny_dit
 from steadydancer_core.model import checkpoint as ckpt_module
 from steadydancer_core.model.checkpoint import (INDEX_NAME, infer_config, load_dit, load_state_dict,
                                                 read_checkpoint_config, save_dit)
+from steadydancer_core.model.attention import sdpa_attention
 from steadydancer_core.model.config import OFFICIAL_14B, TINY, DiTConfig
 from steadydancer_core.model.dit import SteadyDancerDiT
 from steadydancer_core.model.safetensors_io import write_safetensors
@@ -258,3 +260,24 @@ def test_loader_builds_on_meta_and_assigns_memory_mapped_tensors(model, tmp_path
     converted = load_dit(path, dtype=torch.bfloat16)
     ranges = file_mapping_ranges(path)
     assert not any(lo <= t.data_ptr() < hi for t in converted.state_dict().values() for lo, hi in ranges)
+
+
+def test_injected_operations_and_attention_are_used(model, inputs, reference_output, tmp_path):
+    """ComfyUI passes its own ops namespace and attention function; the loader must hand them on."""
+    class RecordingLinear(torch.nn.Linear):
+        pass
+
+    ops = SimpleNamespace(Linear=RecordingLinear, Conv2d=torch.nn.Conv2d, Conv3d=torch.nn.Conv3d,
+                          LayerNorm=torch.nn.LayerNorm, GroupNorm=torch.nn.GroupNorm)
+    calls = []
+
+    def counting_attention(q, k, v, heads):
+        calls.append(heads)
+        return sdpa_attention(q, k, v, heads)
+
+    path = save_dit(model, tmp_path / "dit.safetensors")
+    loaded = load_dit(path, operations=ops, attention=counting_attention)
+    assert isinstance(loaded.blocks[0].self_attn.q, RecordingLinear)
+    assert_same_state(loaded, model.state_dict())
+    assert torch.equal(forward(loaded, inputs), reference_output)
+    assert calls == [TINY.num_heads] * (3 * TINY.num_layers)  # self, text-cross, image-cross per block
