@@ -1,0 +1,54 @@
+"""Pre-encode the clips of a manifest into one safetensors file per clip (training never loads VAE/T5/CLIP).
+
+    python training/precompute.py --config training/configs/stage1.yaml
+    torchrun --nproc_per_node=8 training/precompute.py --config training/configs/stage1.yaml
+
+Rank r encodes manifest[r::world]; finished clips are skipped, so a rerun resumes. Unusable clips (too short,
+unreadable, no person, bad manifest line) are skipped and listed in <cache_dir>/precompute_summary.rank<r>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+for entry in (str(ROOT), str(ROOT / "training")):
+    if entry not in sys.path:
+        sys.path.insert(0, entry)
+
+import torch  # noqa: E402
+
+from steadydancer_train.config import load_config  # noqa: E402
+from steadydancer_train.manifest import read_manifest  # noqa: E402
+from steadydancer_train.model_setup import resolve_arch  # noqa: E402
+from steadydancer_train.precompute_clips import precompute, write_summary  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.set)
+    if not cfg.data.manifest or not cfg.data.cache_dir:
+        parser.error("the config needs data.manifest and data.cache_dir")
+    config = resolve_arch(cfg.model.arch)
+    entries, problems = read_manifest(cfg.data.manifest)
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = cfg.compute.device == "cuda" or (cfg.compute.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
+    summary = precompute(cfg, config, entries, rank, world, device)
+    path = write_summary(cfg.data.cache_dir, rank, summary, problems)
+    skipped = summary.skipped + (problems if rank == 0 else [])
+    print(f"rank {rank}/{world}: {len(summary.written)} written, {len(summary.existing)} already done, "
+          f"{len(skipped)} skipped (details: {path})")
+    for item in skipped:
+        print(f"  skipped {item['id']}: {item['reason']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
