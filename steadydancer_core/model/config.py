@@ -75,9 +75,9 @@ class DiTConfig:
     def from_official_json(cls, data: Mapping[str, Any]) -> "DiTConfig":
         """Build from an official/diffusers ``config.json`` dict; unknown keys are an error."""
         known = set(cls._JSON_FIELDS) | {"text_dim", "clip_dim", "patch_size"}
-        ignored = {"_class_name", "_diffusers_version", "model_type", "window_size", "qk_norm",
-                   "cross_attn_norm"}
-        unknown = sorted(set(data) - known - ignored)
+        ignored = {"model_type", "window_size", "qk_norm", "cross_attn_norm"}
+        # Keys starting with "_" are diffusers bookkeeping (_class_name, _diffusers_version, _name_or_path).
+        unknown = sorted(k for k in set(data) - known - ignored if not k.startswith("_"))
         if unknown:
             raise ValueError(f"unknown keys in SteadyDancer config.json: {unknown}")
         if data.get("model_type", "i2v") != "i2v":
