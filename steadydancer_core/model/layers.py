@@ -91,22 +91,18 @@ class SelfAttention(nn.Module):
         return self.o(out)
 
 
-class I2VCrossAttention(nn.Module):
-    """Wan I2V cross-attention: text and CLIP-image branches share the query; outputs are summed."""
+class I2VCrossAttention(SelfAttention):
+    """Wan I2V cross-attention: text and CLIP-image branches share the query; outputs are summed.
+
+    Same q/k/v/o projections and norms as :class:`SelfAttention` (official key names), plus the
+    image branch ``k_img``/``v_img``/``norm_k_img``; no RoPE.
+    """
 
     def __init__(self, dim: int, num_heads: int, eps: float, attention: AttentionFn,
                  operations: Operations, device=None, dtype=None) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.attention = attention
-        self.q = operations.Linear(dim, dim, device=device, dtype=dtype)
-        self.k = operations.Linear(dim, dim, device=device, dtype=dtype)
-        self.v = operations.Linear(dim, dim, device=device, dtype=dtype)
-        self.o = operations.Linear(dim, dim, device=device, dtype=dtype)
+        super().__init__(dim, num_heads, eps, attention, operations, device=device, dtype=dtype)
         self.k_img = operations.Linear(dim, dim, device=device, dtype=dtype)
         self.v_img = operations.Linear(dim, dim, device=device, dtype=dtype)
-        self.norm_q = RMSNorm(dim, eps, device=device, dtype=dtype)
-        self.norm_k = RMSNorm(dim, eps, device=device, dtype=dtype)
         self.norm_k_img = RMSNorm(dim, eps, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, image_tokens: int) -> torch.Tensor:
