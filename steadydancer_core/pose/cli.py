@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sys
 from dataclasses import asdict
@@ -21,6 +20,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..conditioning import SIZE_MULTIPLE, output_size
 from ..video import FRAME_COUNT_RULES, VideoReadError, VideoReadInfo, frame_count_for_rule, read_image, read_video, write_video
 from .conditions import PoseConditions, build_pose_conditions
 from .detect import BACKENDS, ModelFilesMissing, OnnxModelError, PoseDetector, create_detector, detect_frames
@@ -31,7 +31,6 @@ from .keypoints import PoseFrame, frames_to_dict, load_pose_json
 # The official preprocessing draws on a canvas of this pixel area with the reference's aspect.
 DEFAULT_MAX_AREA = 1024 * 576
 DEFAULT_FRAMES = 81
-SIZE_MULTIPLE = 16  # VAE stride 8 × patch 2
 
 CLI_ERRORS = (ValueError, VideoReadError, ModelFilesMissing, OnnxModelError, BackendUnavailable, FileExistsError,
               FileNotFoundError)
@@ -42,14 +41,12 @@ class CliError(ValueError):
 
 
 def generation_size(reference_hw: tuple[int, int], max_area: int) -> tuple[int, int]:
-    """(width, height): the reference aspect within ``max_area`` pixels, each side floored to a multiple of 16."""
-    height, width = reference_hw
-    out_h = int(math.sqrt(max_area * height / width) // SIZE_MULTIPLE * SIZE_MULTIPLE)
-    out_w = int(math.sqrt(max_area * width / height) // SIZE_MULTIPLE * SIZE_MULTIPLE)
-    if out_h < SIZE_MULTIPLE or out_w < SIZE_MULTIPLE:
-        raise CliError(f"--max-area {max_area} is too small for a {width}×{height} reference "
-                       f"(each side must reach {SIZE_MULTIPLE} pixels)")
-    return out_w, out_h
+    """(width, height): the reference aspect within ``max_area`` pixels (the pipeline's size rule)."""
+    try:
+        height, width = output_size(reference_hw[0], reference_hw[1], max_area)
+    except ValueError as error:
+        raise CliError(f"--max-area {max_area}: {error}") from error
+    return width, height
 
 
 def _parse_size(text: str) -> tuple[int, int]:
