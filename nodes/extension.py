@@ -4,6 +4,8 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .image_to_video import SteadyDancerImageToVideo
+from .pose import (SteadyDancerAlignPoses, SteadyDancerExtractPoses, SteadyDancerNegativePose,
+                   SteadyDancerPoseDetectorLoader, SteadyDancerPosePipeline, SteadyDancerRenderPoses)
 from .sampling import SteadyDancerDCCFGGuider, SteadyDancerKSampler, SteadyDancerOfficialSchedule
 from .text_embeds import SteadyDancerLoadTextEmbeds, SteadyDancerSaveTextEmbeds
 
@@ -14,6 +16,12 @@ NODE_LIST: list[type[io.ComfyNode]] = [
     SteadyDancerOfficialSchedule,
     SteadyDancerSaveTextEmbeds,
     SteadyDancerLoadTextEmbeds,
+    SteadyDancerPoseDetectorLoader,
+    SteadyDancerExtractPoses,
+    SteadyDancerAlignPoses,
+    SteadyDancerNegativePose,
+    SteadyDancerRenderPoses,
+    SteadyDancerPosePipeline,
 ]
 
 
