@@ -169,3 +169,22 @@ def test_clear_errors_before_heavy_work(fixture_dir, tmp_path):
     cfg_bad_start["model"]["steadydancer_checkpoint"] = str(fixture_dir / "wan.safetensors")
     with pytest.raises(ValueError, match="not a SteadyDancer DiT"):
         _preflight(cfg_bad_start)
+
+
+def test_bf16_compute_trains_fp32_masters_and_merges_into_the_fp32_start(stage1_run, fixture_dir):
+    start = stage1_run[0] / "final" / "dit_merged"
+    out = fixture_dir / "bf16"
+    cfg = stage_cfg(fixture_dir, out, 3, compute={"device": "cpu", "dtype": "bf16", "gradient_checkpointing": True,
+                                                  "strategy": "none"})
+    cfg["optim"]["steps"] = 2
+    cfg["model"]["steadydancer_checkpoint"] = str(start)
+    records = run_stage(config_from_dict(cfg))
+    assert all(torch.isfinite(torch.tensor([r["loss"] for r in records])))
+    merged = load_state_dict(out / "final" / "dit_merged")
+    original = load_state_dict(start)
+    lora = load_comfy_lora(out / "final" / "lora_comfy.safetensors")
+    assert all(down.dtype == torch.float32 for down, _, _ in lora.values())  # fp32 masters
+    for key, value in merged.items():
+        if key.rsplit(".", 1)[0] not in lora:
+            # frozen weights come from the fp32 start checkpoint, not from their bf16 training copy
+            assert torch.equal(value, original[key]), key

@@ -196,6 +196,9 @@ class StageRunner:
     def micro_step(self, g: int, scale: float, last: bool) -> dict[str, float]:
         cfg = self.cfg
         batch = make_batch(cfg, self.clips, g, self.info.device)
+        # The DiT computes in x's dtype (its residual stream; the released model runs it in bf16); autocast
+        # then runs the fp32 trainable weights' matmuls in the compute dtype too. Loss stays fp32.
+        batch.x = batch.x.to(self.compute_dtype)
         torch.manual_seed(sample_torch_seed(cfg.seed, cfg.stage, g))  # dropout in the alignment unit
         terms: dict[str, float] = {}
         if cfg.stage == 2:
