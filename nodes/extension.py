@@ -8,6 +8,7 @@ from .pose import (SteadyDancerAlignPoses, SteadyDancerExtractPoses, SteadyDance
                    SteadyDancerPoseDetectorLoader, SteadyDancerPosePipeline, SteadyDancerRenderPoses)
 from .sampling import SteadyDancerDCCFGGuider, SteadyDancerKSampler, SteadyDancerOfficialSchedule
 from .text_embeds import SteadyDancerLoadTextEmbeds, SteadyDancerSaveTextEmbeds
+from .video import SteadyDancerLoadVideo
 
 NODE_LIST: list[type[io.ComfyNode]] = [
     SteadyDancerImageToVideo,
@@ -16,6 +17,7 @@ NODE_LIST: list[type[io.ComfyNode]] = [
     SteadyDancerOfficialSchedule,
     SteadyDancerSaveTextEmbeds,
     SteadyDancerLoadTextEmbeds,
+    SteadyDancerLoadVideo,
     SteadyDancerPoseDetectorLoader,
     SteadyDancerExtractPoses,
     SteadyDancerAlignPoses,
