@@ -20,7 +20,7 @@ from steadydancer_train.forwards import teacher_forward, uncond_forward  # noqa:
 from steadydancer_train.lora import (COMFY_KEY, inject_lora, load_comfy_lora, merge_into,  # noqa: E402
                                      save_comfy_lora, split_state_dict)
 from steadydancer_train.losses import distill_mse  # noqa: E402
-from steadydancer_train.model_setup import (POSE_MODULES, NotWanI2VError, StagePlan, build_dit_module,  # noqa: E402
+from steadydancer_train.model_setup import (POSE_MODULES, NotWanI2VError, build_dit_module,  # noqa: E402
                                             check_wan_i2v, init_pose_modules, stage_plan)
 from steadydancer_train.synthetic import MICRO, write_random_cache  # noqa: E402
 from steadydancer_train.trainer import choose_pose_variant  # noqa: E402

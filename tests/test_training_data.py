@@ -14,7 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
 
 from steadydancer_core.encoders import WanVAE  # noqa: E402
-from steadydancer_core.pose.keypoints import PersonPose, PoseFrame, save_pose_json  # noqa: E402
+from steadydancer_core.pose.keypoints import PersonPose, PoseFrame  # noqa: E402
 from steadydancer_core.video import write_video  # noqa: E402
 from steadydancer_train.build_manifest_lib import build_manifest  # noqa: E402
 from steadydancer_train.config import config_from_dict  # noqa: E402

@@ -42,4 +42,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (ValueError, FileNotFoundError, KeyError) as error:  # config/data/checkpoint problems: message only
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

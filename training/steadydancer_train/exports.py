@@ -12,7 +12,7 @@ from steadydancer_core.model.checkpoint import save_dit
 
 from .distributed import DTYPES
 from .lora import merge_into, save_comfy_lora, split_state_dict
-from .model_setup import POSE_MODULES, WRAPPER_PREFIX
+from .model_setup import WRAPPER_PREFIX
 
 LORA_FILE = "lora_comfy.safetensors"
 POSE_FILE = "pose_modules.safetensors"

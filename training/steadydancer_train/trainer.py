@@ -8,14 +8,13 @@ Stage 3 Motion Discontinuity Mitig.:  LoRA, loss as stage 1 with Pose-Simulation
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import yaml
@@ -167,7 +166,7 @@ class StageRunner:
         weights = None
         if needs_weights:
             lora = lora_init_tensors(student.dit, cfg.seed) if self.plan.lora else {}
-            weights = to_model_keys(student, self.start, {k: v for k, v in lora.items()}, WRAPPER_PREFIX)
+            weights = to_model_keys(student, self.start, lora, WRAPPER_PREFIX)
         self.model = place(student, weights, info, self.strategy, self.compute_dtype, trainable=True)
         self.model.train()
         self.teacher = None
