@@ -148,7 +148,9 @@ def load_pose_keypoints(source: str, reference_hw: tuple[int, int], seed: int,
 def choose_frames(requested: int | None, available: int) -> int:
     """The output frame count: the requested 4n+1 count, or the most the poses allow (at most 81)."""
     if requested is not None:
-        if requested < 1 or (requested - 1) % 4:
+        if requested < 1:
+            raise InputError(f"--frames must be a positive 4n+1 count (1, 5, ..., 81); got {requested}")
+        if (requested - 1) % 4:
             raise InputError(f"--frames must be 4n+1 (the Wan VAE packs 1 + 4k frames); got {requested}, "
                              f"nearest valid: {nearest_valid_frame_count(requested)}")
         if available < requested:
@@ -209,7 +211,8 @@ def prepare(args: argparse.Namespace) -> Job:
         reference = read_image(args.image)
     except VideoReadError as err:
         raise InputError(f"--image: {err}") from err
-    limit = args.frames if args.frames is not None and args.frames > 0 else None
+    # Never decode more frames than the run can use (a long driving video would otherwise be read whole).
+    limit = args.frames if args.frames is not None and args.frames > 0 else DEFAULT_FRAMES
     try:
         negative = load_frames(args.negative_poses, "--negative-poses", limit) if args.negative_poses else None
         if Path(args.poses).suffix.lower() == ".json":

@@ -25,6 +25,7 @@ from .conditioning import (
     ConditioningLatents,
     PassInputs,
     call_dit,
+    concat_pass_inputs,
     latent_frame_count,
     output_size,
     resize_bicubic,
@@ -263,9 +264,15 @@ class SteadyDancerPipeline:
             pose_strength_spatial=settings.pose_strength_spatial,
             pose_strength_temporal=settings.pose_strength_temporal)
 
+        # The passes never change during sampling: stack each combination once, not at every step.
+        stacked: dict[tuple[int, ...], PassInputs] = {}
+
         def model_fn(x: torch.Tensor, timestep: torch.Tensor, conditions: Sequence[PassInputs]) -> torch.Tensor:
+            key = tuple(id(c) for c in conditions)
+            if key not in stacked:
+                stacked[key] = concat_pass_inputs(conditions)
             with torch.no_grad():
-                return call_dit(dit, x, timestep, conditions)
+                return call_dit(dit, x.repeat(len(conditions), 1, 1, 1, 1), timestep, [stacked[key]])
 
         guidance = DCCFGGuidance(model_fn, *passes, config=_guidance(settings, plan.pose_guidance),
                                  batched=settings.batch_conditions)

@@ -94,6 +94,13 @@ def test_cli_writes_mp4_and_frame0_png(assets, tmp_path):
     assert np.abs(frames[0].astype(int) - assets["reference"].astype(int)).mean() < 8
 
 
+def test_animate_subcommand_is_wired():
+    result = subprocess.run([sys.executable, "-m", "steadydancer_core", "animate", "--help"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "--negative-poses" in result.stdout and "--dry-run" in result.stdout
+
+
 def test_same_seed_same_video_other_seed_differs(assets, tmp_path):
     outputs = {}
     for name, seed in (("a", "7"), ("b", "7"), ("c", "8")):
@@ -119,7 +126,8 @@ def test_dry_run_prints_plan_and_loads_nothing(assets, tmp_path, monkeypatch, ca
 
 
 @pytest.mark.parametrize("extra, message", [
-    (("--frames", "6"), "4n+1"),
+    (("--frames", "6"), "nearest valid: 5"),
+    (("--frames", "0"), "positive 4n+1"),
     (("--frames", "13"), "only 9"),
     (("--size", "50x32"), "multiples of 16"),
     (("--pose-window", "0.5", "0.2"), "pose-window"),
