@@ -17,6 +17,9 @@ import nodes as comfy_nodes
 from comfy_api.latest import io
 
 from ..steadydancer_core import conditioning
+from ..steadydancer_core.pose import keypoints as pose_keypoints
+from ..steadydancer_core.pose import negative as pose_negative
+from ..steadydancer_core.pose import render as pose_render
 from . import cond_keys
 
 CATEGORY = "SteadyDancer"
@@ -38,6 +41,15 @@ def resize_frames(images: torch.Tensor, width: int, height: int) -> torch.Tensor
     """
     resized = conditioning.resize_bicubic(images[..., :3].movedim(-1, 1), height, width)
     return resized.movedim(1, -1)
+
+
+def negative_pose_frames(keypoints: list, length: int, width: int, height: int, seed: int) -> torch.Tensor:
+    """Negative pose pictures made from POSE_KEYPOINT with the official augmentation, as an IMAGE."""
+    frames = pose_keypoints.frames_from_pose_keypoint(keypoints)
+    if len(frames) < length:
+        raise ValueError(f"pose_keypoints has {len(frames)} frames but length is {length}")
+    perturbed, _ = pose_negative.negative_poses(frames[:length], seed=seed)
+    return torch.from_numpy(pose_render.render_frames(perturbed, width, height)).float() / 255.0
 
 
 class SteadyDancerImageToVideo(io.ComfyNode):
@@ -72,9 +84,16 @@ class SteadyDancerImageToVideo(io.ComfyNode):
                                tooltip="Scale of the spatial pose-branch output (1.0 = as trained)."),
                 io.Float.Input("pose_strength_temporal", default=1.0, min=0.0, max=10.0, step=0.01,
                                tooltip="Scale of the temporal pose-branch output (1.0 = as trained)."),
+                io.Int.Input("negative_pose_seed", default=0, min=0, max=0xffffffffffffffff,
+                             tooltip="Seed of the negative-pose augmentation when it is made here from "
+                                     "pose_keypoints (unused when negative_pose_images are given)."),
                 io.Image.Input("negative_pose_images", optional=True,
                                tooltip="Perturbed poses for the pose term of DC-CFG (e.g. from 'SteadyDancer "
-                                       "Negative Pose'). Without them and without keypoints the pose term is off."),
+                                       "Pose Pipeline'). Without them and without keypoints the pose term is off."),
+                io.Custom("POSE_KEYPOINT").Input(
+                    "pose_keypoints", optional=True,
+                    tooltip="Keypoints of the positive poses: when negative_pose_images are absent, the negative "
+                            "poses are generated from them (official augmentation, negative_pose_seed)."),
             ],
             outputs=[
                 io.Conditioning.Output(display_name="positive"),
@@ -88,12 +107,15 @@ class SteadyDancerImageToVideo(io.ComfyNode):
     def execute(cls, positive: list, negative: list, vae: Any, reference_image: torch.Tensor,
                 pose_images: torch.Tensor, clip_vision_reference: Any, clip_vision_first_pose: Any,
                 width: int, height: int, length: int, pose_strength_spatial: float = 1.0,
-                pose_strength_temporal: float = 1.0, negative_pose_images: torch.Tensor | None = None) -> io.NodeOutput:
+                pose_strength_temporal: float = 1.0, negative_pose_seed: int = 0,
+                negative_pose_images: torch.Tensor | None = None, pose_keypoints: list | None = None) -> io.NodeOutput:
         # Every check before the first VAE call (D10).
         conditioning.validate_size(height, width)
         conditioning.validate_frame_count(length)
         check_frames("reference_image", reference_image, 1)
         check_frames("pose_images", pose_images, length)
+        if negative_pose_images is None and pose_keypoints is not None:
+            negative_pose_images = negative_pose_frames(pose_keypoints, length, width, height, negative_pose_seed)
         if negative_pose_images is not None:
             check_frames("negative_pose_images", negative_pose_images, length)
         for name, clip_out in (("clip_vision_reference", clip_vision_reference),
@@ -136,8 +158,9 @@ class SteadyDancerImageToVideo(io.ComfyNode):
             out_negative_pose = node_helpers.conditioning_set_values(
                 positive, {**shared, cond_keys.POSE_LATENT: negative_pose_latent})
         else:
-            logging.warning("SteadyDancer Image To Video: no negative pose images given, the pose term of "
-                            "DC-CFG is switched off (connect 'SteadyDancer Negative Pose' to enable it)")
+            logging.warning("SteadyDancer Image To Video: neither negative pose images nor pose keypoints given, "
+                            "the pose term of DC-CFG is switched off (connect 'SteadyDancer Pose Pipeline' to "
+                            "enable it)")
             out_negative_pose = []
 
         latent = torch.zeros([1, 16, latent_frames, height // 8, width // 8],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 
@@ -115,3 +116,27 @@ def test_bad_input_is_refused_before_encoding(i2v_module, overrides, message):
 
     with pytest.raises(ValueError, match=message):
         run(i2v_module, NoVae(), **overrides)
+
+
+def pose_keypoint_doc(frames: int) -> list:
+    """comfyui_controlnet_aux POSE_KEYPOINT: one person, 18 body points in pixels of a 16x32 canvas."""
+    rng = np.random.default_rng(1)
+    doc = []
+    for _ in range(frames):
+        body = np.column_stack([rng.uniform(4, 12, 18), rng.uniform(4, 28, 18), np.ones(18)]).ravel().tolist()
+        doc.append({"people": [{"pose_keypoints_2d": body}], "canvas_width": 16, "canvas_height": 32})
+    return doc
+
+
+def test_negative_pose_generated_from_keypoints(i2v_module, cond_keys, vae):
+    keypoints = harness.pack_module("steadydancer_core.pose.keypoints")
+    negative = harness.pack_module("steadydancer_core.pose.negative")
+    render = harness.pack_module("steadydancer_core.pose.render")
+    doc = pose_keypoint_doc(5)
+    out = run(i2v_module, vae, negative_pose_images=None, pose_keypoints=doc, negative_pose_seed=9)
+    perturbed, _ = negative.negative_poses(keypoints.frames_from_pose_keypoint(doc), seed=9)
+    pictures = torch.from_numpy(render.render_frames(perturbed, 16, 32)).float() / 255
+    expected = vae.encode(i2v_module.resize_frames(pictures, 16, 32))
+    torch.testing.assert_close(out.result[2][0][1][cond_keys.POSE_LATENT], expected)
+    with pytest.raises(ValueError, match="pose_keypoints has 3 frames but length is 5"):
+        run(i2v_module, vae, negative_pose_images=None, pose_keypoints=pose_keypoint_doc(3))
