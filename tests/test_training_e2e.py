@@ -103,6 +103,9 @@ def test_stage1_resume_from_step2_reproduces_step3(fixture_dir):
     assert [r["step"] for r in resumed] == [3]
     assert [r["loss"] for r in first] == [r["loss"] for r in full[:2]]
     assert resumed[0]["loss"] == pytest.approx(full[2]["loss"], rel=1e-6, abs=0)
+    changed = stage_cfg(fixture_dir, fixture_dir / "r_cut", 1, optim={"steps": 4, "lr": 5e-4, "warmup_steps": 0})
+    with pytest.raises(ValueError, match="config fingerprint"):
+        run_stage(config_from_dict(changed), resume="auto")  # a different trajectory is refused
     a = load_state_dict(fixture_dir / "r_full" / "final" / "dit_merged")
     b = load_state_dict(fixture_dir / "r_cut" / "final" / "dit_merged")
     for key in a:
@@ -140,7 +143,7 @@ def _preflight(cfg: dict) -> None:
     StageRunner(config_from_dict(cfg)).check_only()
 
 
-def test_clear_errors_before_heavy_work(fixture_dir, tmp_path):
+def test_clear_errors_before_heavy_work(stage1_run, fixture_dir, tmp_path):
     base = stage_cfg(fixture_dir, tmp_path / "o", 1)
     _preflight(base)
     missing = stage_cfg(fixture_dir, tmp_path / "o", 1, data={"cache_dir": str(tmp_path / "none")})
@@ -159,12 +162,13 @@ def test_clear_errors_before_heavy_work(fixture_dir, tmp_path):
     with pytest.raises(ValueError, match="stage 3 needs 'pose_lat_sim2'"):
         _preflight(cfg3)
     # Stage 2 with a SteadyDancer checkpoint given as the Wan2.1-I2V teacher.
-    sd_ckpt = fixture_dir / "s1" / "final" / "dit_merged"
+    sd_ckpt = stage1_run[0] / "final" / "dit_merged"
     cfg2 = stage_cfg(fixture_dir, tmp_path / "o", 2)
     cfg2["model"].update({"steadydancer_checkpoint": str(sd_ckpt), "teacher_checkpoint": str(sd_ckpt)})
-    if sd_ckpt.exists():
-        with pytest.raises(NotWanI2VError, match="SteadyDancer checkpoint"):
-            _preflight(cfg2)
+    with pytest.raises(NotWanI2VError, match="SteadyDancer checkpoint"):
+        _preflight(cfg2)
+    cfg2["model"]["teacher_checkpoint"] = str(fixture_dir / "wan.safetensors")
+    _preflight(cfg2)
     cfg_bad_start = stage_cfg(fixture_dir, tmp_path / "o", 3)
     cfg_bad_start["model"]["steadydancer_checkpoint"] = str(fixture_dir / "wan.safetensors")
     with pytest.raises(ValueError, match="not a SteadyDancer DiT"):
