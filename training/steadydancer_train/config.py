@@ -106,7 +106,7 @@ class RunConfig:
     log_every: int = 1
     export_on_save: bool = False  # also write exports at every checkpoint (always at the end)
     lora_dtype: str = "bf16"  # dtype of lora_comfy.safetensors
-    merged_dtype: str = "bf16"  # dtype of dit_merged/ (the official release stores fp32)
+    merged_dtype: str = "fp32"  # dtype of dit_merged/ (official release: fp32; stage-2 updates vanish in bf16)
     export_single_file: bool = False  # also steadydancer_stage{S}.safetensors for ComfyUI's diffusion_models/
     overfit_one_sample: bool = False  # debug: every step reuses sample 0 (clip, sigma, noise); the loss must fall
 
