@@ -6,7 +6,8 @@ from comfy_api.latest import ComfyExtension, io
 from .image_to_video import SteadyDancerImageToVideo
 from .pose import (SteadyDancerAlignPoses, SteadyDancerExtractPoses, SteadyDancerNegativePose,
                    SteadyDancerPoseDetectorLoader, SteadyDancerPosePipeline, SteadyDancerRenderPoses)
-from .sampling import SteadyDancerDCCFGGuider, SteadyDancerKSampler, SteadyDancerOfficialSchedule
+from .sampling import (SteadyDancerDCCFGGuider, SteadyDancerKSampler, SteadyDancerOfficialSampler,
+                       SteadyDancerOfficialSchedule)
 from .text_embeds import SteadyDancerLoadTextEmbeds, SteadyDancerSaveTextEmbeds
 from .video import SteadyDancerLoadVideo
 
@@ -15,6 +16,7 @@ NODE_LIST: list[type[io.ComfyNode]] = [
     SteadyDancerDCCFGGuider,
     SteadyDancerKSampler,
     SteadyDancerOfficialSchedule,
+    SteadyDancerOfficialSampler,
     SteadyDancerSaveTextEmbeds,
     SteadyDancerLoadTextEmbeds,
     SteadyDancerLoadVideo,

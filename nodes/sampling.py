@@ -7,6 +7,7 @@ predictions equals the official combination of velocities.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from typing import Any
@@ -20,11 +21,12 @@ import comfy.utils
 import latent_preview
 from comfy_api.latest import io
 
-from ..steadydancer_core import guidance, schedule
+from ..steadydancer_core import guidance, schedule, solvers
 from .model_registration import require_steadydancer_model
 
 CATEGORY = "SteadyDancer"
 OFFICIAL_SCHEDULER = "steadydancer_official"
+OFFICIAL_SAMPLER = "steadydancer_unipc"
 
 
 def step_of_sigma(sigma: float, sample_sigmas: torch.Tensor) -> int:
@@ -148,6 +150,59 @@ def model_shift(model: Any) -> float:
     return float(shift)
 
 
+def sample_official_unipc(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
+                          callback: Any = None, disable: bool | None = None) -> torch.Tensor:
+    """ComfyUI sampler function: the official FlowUniPC (bh2, order 2) over ``sigmas``, fed x0 predictions."""
+    extra_args = extra_args or {}
+    solver = solvers.FlowUniPCSolver(sigmas)
+    ones = x.new_ones([x.shape[0]])
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * ones, **extra_args)
+        if callback is not None:  # ComfyUI's progress bar and previews hang on this callback
+            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+        x = solver.step_x0(denoised, x)
+    return x
+
+
+def sampler_for(name: str) -> Any:
+    if name == OFFICIAL_SAMPLER:
+        return comfy.samplers.KSAMPLER(sample_official_unipc)
+    return comfy.samplers.sampler_object(name)
+
+
+def with_official_timesteps(model: Any, official: schedule.FlowSchedule) -> Any:
+    """A clone of ``model`` that samples like the official code on the official grid.
+
+    Two official behaviours ComfyUI's flow sampling lacks: the DiT receives the integer-truncated
+    timestep of each grid sigma (ComfyUI: the float ``1000 * sigma``), and sampling from an empty
+    latent starts from the bare noise at the first sigma (ComfyUI: ``sigma_0 * noise``).
+    """
+    base = model.get_model_object("model_sampling")
+
+    class OfficialTimestepSampling(type(base)):
+        def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+            steps = []
+            for value in sigma.flatten().tolist():
+                try:
+                    steps.append(official.timestep_for_sigma(value))
+                except ValueError:  # a sampler evaluating between grid points: plain truncation
+                    steps.append(int(value * schedule.NUM_TRAIN_TIMESTEPS))
+            return torch.tensor(steps, dtype=sigma.dtype, device=sigma.device).view(sigma.shape)
+
+        def noise_scaling(self, sigma: torch.Tensor, noise: torch.Tensor, latent_image: torch.Tensor,
+                          max_denoise: bool = False) -> torch.Tensor:
+            starts_grid = abs(float(sigma) - float(official.sigmas[0])) < 1e-6
+            if starts_grid and torch.count_nonzero(latent_image) == 0:
+                return noise
+            return super().noise_scaling(sigma, noise, latent_image, max_denoise)
+
+    patched = copy.copy(base)
+    patched.__class__ = OfficialTimestepSampling
+    clone = model.clone()
+    clone.add_object_patch("model_sampling", patched)
+    return clone
+
+
 class SteadyDancerOfficialSchedule(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -174,6 +229,24 @@ class SteadyDancerOfficialSchedule(io.ComfyNode):
         return io.NodeOutput(official_sigmas(steps, shift, denoise))
 
 
+class SteadyDancerOfficialSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SteadyDancerOfficialSampler",
+            display_name="SteadyDancer Official Sampler",
+            category=CATEGORY,
+            description="The official FlowUniPC solver (bh2, order 2, x0 history) as a SAMPLER for "
+                        "SamplerCustomAdvanced; pair it with 'SteadyDancer Official Schedule'.",
+            inputs=[],
+            outputs=[io.Sampler.Output(display_name="SAMPLER")],
+        )
+
+    @classmethod
+    def execute(cls) -> io.NodeOutput:
+        return io.NodeOutput(sampler_for(OFFICIAL_SAMPLER))
+
+
 class SteadyDancerKSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -190,11 +263,14 @@ class SteadyDancerKSampler(io.ComfyNode):
                 io.Int.Input("steps", default=schedule.DEFAULT_STEPS, min=1, max=10000,
                              tooltip="Sampling steps (official 40; 4 with a distilled LoRA)."),
             ] + guidance_inputs() + [
-                io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="uni_pc_bh2",
-                               tooltip="Sampler; uni_pc_bh2 is closest to the official FlowUniPC (bh2)."),
+                io.Combo.Input("sampler_name", options=[OFFICIAL_SAMPLER] + list(comfy.samplers.SAMPLER_NAMES),
+                               default=OFFICIAL_SAMPLER,
+                               tooltip="steadydancer_unipc = the official FlowUniPC (bh2, order 2); or any "
+                                       "ComfyUI sampler."),
                 io.Combo.Input("scheduler", options=[OFFICIAL_SCHEDULER] + list(comfy.samplers.SCHEDULER_NAMES),
                                default=OFFICIAL_SCHEDULER,
-                               tooltip="steadydancer_official = the authors' sigma grid with the model's shift; "
+                               tooltip="steadydancer_official = the authors' sigma grid with the model's shift, "
+                                       "integer timesteps and pure-noise start as in the official code; "
                                        "or any ComfyUI scheduler."),
             ] + conditioning_inputs() + [
                 io.Latent.Input("latent_image", tooltip="Latent output of 'SteadyDancer Image To Video'."),
@@ -208,22 +284,26 @@ class SteadyDancerKSampler(io.ComfyNode):
     def execute(cls, model: Any, seed: int, steps: int, text_cfg: float, pose_cfg: float, pose_start: float,
                 pose_end: float, sampler_name: str, scheduler: str, positive: list, negative: list,
                 negative_pose: list, latent_image: dict, denoise: float = 1.0) -> io.NodeOutput:
-        guider = make_guider(model, positive, negative, negative_pose, text_cfg, pose_cfg, pose_start, pose_end,
-                             "SteadyDancer KSampler")
+        require_steadydancer_model(model, "SteadyDancer KSampler")
         if denoise == 0.0:
             return io.NodeOutput(latent_image)
         if scheduler == OFFICIAL_SCHEDULER:
-            sigmas = official_sigmas(steps, model_shift(model), denoise)
+            total = int(steps / denoise)
+            official = schedule.official_unipc_schedule(total, model_shift(model))
+            sigmas = official.sigmas[-(steps + 1):]
+            model = with_official_timesteps(model, official)
         else:
             total = int(steps / denoise)
             sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler,
                                                      total).cpu()[-(steps + 1):]
+        guider = make_guider(model, positive, negative, negative_pose, text_cfg, pose_cfg, pose_start, pose_end,
+                             "SteadyDancer KSampler")
         latent = latent_image.copy()
         samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
         latent["samples"] = samples
         noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
         callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1)
-        out = guider.sample(noise, samples, comfy.samplers.sampler_object(sampler_name), sigmas,
+        out = guider.sample(noise, samples, sampler_for(sampler_name), sigmas,
                             denoise_mask=latent.get("noise_mask"), callback=callback,
                             disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
         latent["samples"] = out.to(comfy.model_management.intermediate_device())

@@ -162,3 +162,52 @@ def test_plain_wan_model_is_refused(sampling, conditionings):
     positive, negative, negative_pose, _ = conditionings
     with pytest.raises(ValueError, match="needs a SteadyDancer model"):
         sampling.SteadyDancerDCCFGGuider.execute(plain, positive, negative, negative_pose, 5.0, 1.0, 0.1, 0.4)
+
+
+def test_official_ksampler_reproduces_core_dc_cfg_unipc(sampling, model, conditionings):
+    """Official scheduler + sampler == the core's official loop (integer timesteps, pure-noise start,
+    FlowUniPC, DC-CFG in the window) run with the core DiT on the same latents."""
+    import comfy.sample
+    from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+
+    from steadydancer_core import conditioning as core_conditioning
+    from steadydancer_core import guidance as core_guidance
+    from steadydancer_core import schedule as core_schedule
+    from steadydancer_core import solvers as core_solvers
+    from steadydancer_core.model import TINY
+
+    from tests.comfyui.tiny_models import core_dit
+
+    keys = harness.pack_module("nodes.cond_keys")
+    positive, negative, negative_pose, latent = conditionings
+    shifted = ModelSamplingSD3().patch(model, 5.0)[0]
+    steps, seed = 6, 21
+    out = sampling.SteadyDancerKSampler.execute(shifted, seed, steps, 5.0, 1.0, 0.1, 0.4, "steadydancer_unipc",
+                                                "steadydancer_official", positive, negative, negative_pose, latent,
+                                                1.0).result[0]["samples"]
+
+    fmt = model.model.latent_format
+    pos = positive[0][1]
+    _, _, frames, h, w = latent["samples"].shape
+    y = torch.cat([core_conditioning.i2v_mask(4 * (frames - 1) + 1, h, w)[None],
+                   fmt.process_in(pos["concat_latent_image"])], 1)
+    shared = dict(clip_fea_x=pos["clip_vision_output"].penultimate_hidden_states,
+                  clip_fea_c=pos[keys.POSE_CLIP_VISION_OUTPUT].penultimate_hidden_states,
+                  ref_x=fmt.process_in(pos[keys.REF_IMAGE_LATENT]), ref_c=fmt.process_in(pos[keys.REF_POSE_LATENT]))
+    pose = fmt.process_in(pos[keys.POSE_LATENT])
+    neg_pose = fmt.process_in(negative_pose[0][1][keys.POSE_LATENT])
+    dit = core_dit(tiny_dit_state_dict(), TINY.replace(text_len=512))
+
+    def velocity(sample, timestep, index):
+        x = torch.cat([sample, y], 1)
+        e_c = dit(x, timestep, positive[0][0], pose_latents=pose, **shared)
+        e_t = dit(x, timestep, negative[0][0], pose_latents=pose, **shared)
+        v = e_t + 5.0 * (e_c - e_t)
+        if core_guidance.pose_window_active(index, steps, 0.1, 0.4):
+            v = v + 1.0 * (e_c - dit(x, timestep, positive[0][0], pose_latents=neg_pose, **shared))
+        return v
+
+    with torch.no_grad():
+        x0 = core_solvers.sample_flow(velocity, comfy.sample.prepare_noise(latent["samples"], seed),
+                                      core_schedule.official_unipc_schedule(steps, 5.0), "unipc")
+    torch.testing.assert_close(out, fmt.process_out(x0), rtol=1e-4, atol=1e-4)

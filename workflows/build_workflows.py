@@ -168,7 +168,7 @@ def animate_workflow(*, width: int, height: int, length: int, steps: int, text_c
 WORKFLOWS = {
     # (a) the authors' settings: 40 steps, text cfg 5, pose cfg 1.0 in steps 0.1..0.4, shift 5, official grid.
     "steadydancer_animate": animate_workflow(
-        width=576, height=1024, length=81, steps=40, text_cfg=5.0, pose_cfg=1.0, sampler="uni_pc_bh2",
+        width=576, height=1024, length=81, steps=40, text_cfg=5.0, pose_cfg=1.0, sampler="steadydancer_unipc",
         scheduler="steadydancer_official", shift=5.0, lora=None, prefix="steadydancer/animate",
         prompt="A person dancing, smooth natural motion, high quality, detailed."),
     # (b) fast preview: 4-step distilled LoRA at cfg 1 (no negative-text pass), pose term kept (step 1).
