@@ -245,7 +245,7 @@ class StageRunner:
                 "device": str(self.info.device), "torch": torch.__version__, "python": platform.python_version(),
                 "fingerprint": self.cfg.fingerprint(), "clips": len(self.clips),
                 "global_batch": self.info.world * self.cfg.optim.grad_accum,
-                "trainable_parameters": sum(p.numel() for p in self.params) * (self.info.world if self.strategy == "fsdp2" else 1)}
+                "trainable_parameters": sum(p.numel() for p in self.params)}  # DTensor.numel() is the global size
         (self.out / "run_info.json").write_text(json.dumps(info, indent=2))
 
     # ---- the loop ----------------------------------------------------------------------------
