@@ -217,21 +217,23 @@ def _count_evaluations(monkeypatch, assets, tmp_path, *extra: str, negative: boo
 
 
 WINDOW = ("--steps", "5", "--pose-window", "0.1", "0.5")
+# Counting needs no video length: one frame keeps the VAE and the DiT cheap.
+ONE_FRAME = ("--frames", "1")
 # 5 steps, window (0.1, 0.5) strict: i/5 in (0.1, 0.5) -> steps 1 (0.2) and 2 (0.4); 0.0 and 0.6.. are out.
 WINDOW_CALLS = [2, 3, 3, 2, 2]
 
 
 def test_dc_cfg_evaluates_three_conditionings_inside_the_window(assets, tmp_path, monkeypatch):
-    assert _count_evaluations(monkeypatch, assets, tmp_path, *WINDOW) == WINDOW_CALLS
+    assert _count_evaluations(monkeypatch, assets, tmp_path, *WINDOW, *ONE_FRAME) == WINDOW_CALLS
 
 
 def test_sequential_conditions_count_the_same(assets, tmp_path, monkeypatch):
-    calls = _count_evaluations(monkeypatch, assets, tmp_path, *WINDOW, "--sequential-conditions")
+    calls = _count_evaluations(monkeypatch, assets, tmp_path, *WINDOW, *ONE_FRAME, "--sequential-conditions")
     assert len(calls) == sum(WINDOW_CALLS) and set(calls) == {1}
 
 
 def test_pose_images_without_negative_switch_the_pose_term_off(assets, tmp_path, monkeypatch, caplog):
-    calls = _count_evaluations(monkeypatch, assets, tmp_path, *WINDOW, negative=False)
+    calls = _count_evaluations(monkeypatch, assets, tmp_path, *WINDOW, *ONE_FRAME, negative=False)
     assert calls == [2] * 5
     assert "pose term is off" in caplog.text
 
