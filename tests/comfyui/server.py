@@ -64,12 +64,18 @@ class ComfyServer:
             self.process.wait(timeout=30)
 
 
-def start_server(comfyui: Path, root: Path, extra_model_paths: Path, timeout_s: float = 300) -> ComfyServer:
-    """``main.py --cpu`` with every writable folder under ``root``; waits until it serves requests."""
+def start_server(comfyui: Path, root: Path, extra_model_paths: Path, timeout_s: float = 300,
+                 front_end_root: Path | None = None) -> ComfyServer:
+    """``main.py --cpu`` with every writable folder under ``root``; waits until it serves requests.
+
+    ``front_end_root``: a real frontend build to serve (browser tests); default an empty page.
+    """
     port = free_port()
-    frontend = root / "frontend"
-    frontend.mkdir(exist_ok=True)
-    (frontend / "index.html").write_text("<html></html>")
+    frontend = front_end_root
+    if frontend is None:
+        frontend = root / "frontend"
+        frontend.mkdir(exist_ok=True)
+        (frontend / "index.html").write_text("<html></html>")
     for name in ("input", "output", "temp", "user"):
         (root / name).mkdir(exist_ok=True)
     log_path = root / "comfyui.log"
