@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import ftfy
 import torch
 import torch.nn.functional as F
 
@@ -90,17 +91,8 @@ def missing_weights_message(wan_problems: Sequence[str], dit_problem: str | None
 # ---- text cleaning (official tokenizers.py / diffusers prompt_clean) ---------------------------
 
 def clean_prompt(text: str) -> str:
-    """ftfy mojibake repair, double HTML unescape, whitespace collapse — as the official T5 path.
-
-    ftfy is optional: without it only the repair of broken encodings is skipped (a no-op for
-    ordinarily typed prompts), so a missing package does not block inference.
-    """
-    try:
-        import ftfy
-    except ImportError:
-        log.debug("ftfy not installed: skipping mojibake repair of the prompt")
-    else:
-        text = ftfy.fix_text(text)
+    """ftfy mojibake repair, double HTML unescape, whitespace collapse — as the official T5 path."""
+    text = ftfy.fix_text(text)
     text = html.unescape(html.unescape(text)).strip()
     return re.sub(r"\s+", " ", text).strip()
 

@@ -67,6 +67,11 @@ def test_clean_prompt_unescapes_twice_and_collapses_whitespace():
     assert clean_prompt("  a\n\tperson  &amp;amp; park ") == "a person & park"
 
 
+def test_clean_prompt_repairs_mojibake_like_the_official_ftfy_step():
+    # "café" encoded as UTF-8 and decoded as Latin-1 reads "cafÃ©"; ftfy.fix_text restores it.
+    assert clean_prompt("a cafÃ© dancer") == "a café dancer"
+
+
 def test_t5_output_is_trimmed_to_real_tokens_and_independent_of_padding(wan_dir):
     encoder = T5TextEncoder.from_pretrained(wan_dir)
     long_pad = encoder.encode(["a person dances in the park"], max_length=16)[0]
