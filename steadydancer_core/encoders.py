@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import html
 import json
-import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,6 @@ import ftfy
 import torch
 import torch.nn.functional as F
 
-log = logging.getLogger(__name__)
 
 #: Diffusers-format Wan2.1-I2V repositories holding the auxiliary components (either works; the
 #: VAE, T5 and CLIP weights are identical in both).
