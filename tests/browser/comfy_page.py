@@ -164,6 +164,24 @@ class ComfyPage:
     def nodes(self) -> list[NodeState]:
         return [NodeState(**state) for state in self.page.evaluate(_GRAPH_STATE_JS)]
 
+    def overlapping_nodes(self) -> list[tuple[str, str]]:
+        """Pairs of node titles whose drawn boxes (title bar included) intersect.
+
+        Measured after a draw: the frontend grows a node that is too small for its widgets then.
+        """
+        return self.page.evaluate("""() => {
+            window.app.canvas.draw(true, true);
+            const boxes = window.app.graph._nodes.map((node) => {
+                const [x, y, width, height] = node.getBounding();
+                return {name: `${node.id} ${node.title}`, x0: x, y0: y, x1: x + width, y1: y + height};
+            });
+            const pairs = [];
+            boxes.forEach((a, i) => boxes.slice(i + 1).forEach((b) => {
+                if (a.x0 < b.x1 && b.x0 < a.x1 && a.y0 < b.y1 && b.y0 < a.y1) pairs.push([a.name, b.name]);
+            }));
+            return pairs;
+        }""")
+
     def graph_to_prompt(self) -> dict:
         """The API prompt the frontend would submit for the loaded graph (``output`` of graphToPrompt)."""
         return self.page.evaluate("async () => (await window.app.graphToPrompt()).output")

@@ -113,6 +113,10 @@ def test_ui_workflow_loads_like_a_dropped_file(app: ComfyPage, server: ComfyServ
     assert status == 200
     assert comparable_prompt(app.graph_to_prompt(), object_info) == comparable_prompt(api, object_info)
 
+    # People read the graph: no node may hide another (e.g. a widget spilling over the next node).
+    overlaps = app.overlapping_nodes()
+    assert overlaps == [], f"{path.name}: overlapping nodes in the frontend's layout: {overlaps}"
+
     picture = tmp_path / f"{path.stem}.png"
     app.screenshot(picture)
     assert picture.stat().st_size > 10_000  # a rendered graph, not an empty canvas

@@ -11,13 +11,14 @@ set -euo pipefail
 venv="${1:-.venv-comfy}"
 shift || true
 
-if [ ! -x /usr/bin/chromium ]; then
+# fonts-noto-cjk: the official negative prompt is Chinese; without CJK fonts the screenshots show boxes.
+if [ ! -x /usr/bin/chromium ] || ! dpkg -s fonts-noto-cjk >/dev/null 2>&1; then
     if [ "$(id -u)" -ne 0 ]; then
-        echo "browser_env: /usr/bin/chromium is missing; run as root: apt-get install -y chromium" >&2
+        echo "browser_env: run as root (or install them yourself): apt-get install -y chromium fonts-noto-cjk" >&2
         exit 1
     fi
     apt-get update -q
-    apt-get install -y -q chromium
+    apt-get install -y -q chromium fonts-noto-cjk
 fi
 
 "$venv/bin/pip" install -q "playwright>=1.50"
