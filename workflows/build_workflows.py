@@ -17,7 +17,7 @@ HERE = Path(__file__).resolve().parent
 
 #: Widgets the frontend follows with a hidden "control_after_generate" value ("fixed" here).
 CONTROL_AFTER_GENERATE = {("SteadyDancerKSampler", "seed"), ("SteadyDancerPosePipeline", "seed")}
-#: Upload combos are followed by the upload button's value.
+#: Upload combos add an upload button widget, whose value ("image") comes after all other widgets.
 UPLOAD_WIDGETS = {("LoadImage", "image"), ("SteadyDancerLoadVideo", "video")}
 
 # The official I2V negative prompt (Wan2.1 default with the I2V prefix), used by the authors.
@@ -59,8 +59,9 @@ def ui_workflow(nodes: list[Node]) -> dict[str, Any]:
             values.append(value)
             if (node.type, name) in CONTROL_AFTER_GENERATE:
                 values.append("fixed")
-            if (node.type, name) in UPLOAD_WIDGETS:
-                values.append("image")
+        # The frontend adds the upload button as a widget after ALL of the node's widgets.
+        if any((node.type, name) in UPLOAD_WIDGETS for name, _ in node.widgets):
+            values.append("image")
         ui_nodes.append({
             "id": node.id, "type": node.type, "pos": list(node.pos), "size": [320, 60 + 26 * (len(values) + len(inputs))],
             "flags": {}, "order": order, "mode": 0, "inputs": inputs, "outputs": [],

@@ -140,8 +140,6 @@ def test_workflow_matches_object_info_and_api_json(comfy_env, ui_path):
             value = next(values)
             if opts.get("control_after_generate"):
                 next(values)
-            if any(k.endswith("_upload") and v for k, v in opts.items()):
-                next(values)
             assert api[node_id]["inputs"][name] == value, f"{ui_path.name}: {node_type}.{name}"
             spec = info["input"].get("required", {}).get(name) or info["input"]["optional"][name]
             allowed = options_of(spec)
