@@ -81,10 +81,12 @@ class DCCFGGuider(comfy.samplers.CFGGuider):
 
 
 def make_guider(model: Any, positive: list, negative: list, negative_pose: list, text_cfg: float,
-                pose_cfg: float, pose_start: float, pose_end: float, node_name: str) -> DCCFGGuider:
+                pose_cfg: float, pose_start: float, pose_end: float, node_name: str,
+                formula: str = "official") -> DCCFGGuider:
     require_steadydancer_model(model, node_name)
     guider = DCCFGGuider(model)
-    guider.set_config(guidance.DCCFGConfig(w_text=text_cfg, w_pose=pose_cfg, start=pose_start, end=pose_end))
+    guider.set_config(guidance.DCCFGConfig(w_text=text_cfg, w_pose=pose_cfg, start=pose_start, end=pose_end,
+                                           formula=formula))
     guider.set_conds(positive, negative, negative_pose)
     return guider
 
@@ -100,6 +102,9 @@ def guidance_inputs() -> list:
                        tooltip="Pose term active while start < step/steps < end (official 0.1)."),
         io.Float.Input("pose_end", default=guidance.DEFAULT_POSE_END, min=0.0, max=1.0, step=0.01,
                        tooltip="End of the pose window (official 0.4)."),
+        io.Combo.Input("formula", options=list(guidance.FORMULAS), default="official",
+                       tooltip="official = the authors' code (pose_cfg 0 = off); paper = usual CFG convention "
+                               "(pose_cfg 1 = off, paper 2.0 = official 1.0)."),
     ]
 
 
@@ -129,9 +134,9 @@ class SteadyDancerDCCFGGuider(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: Any, positive: list, negative: list, negative_pose: list, text_cfg: float,
-                pose_cfg: float, pose_start: float, pose_end: float) -> io.NodeOutput:
+                pose_cfg: float, pose_start: float, pose_end: float, formula: str = "official") -> io.NodeOutput:
         return io.NodeOutput(make_guider(model, positive, negative, negative_pose, text_cfg, pose_cfg,
-                                         pose_start, pose_end, "SteadyDancer DC-CFG Guider"))
+                                         pose_start, pose_end, "SteadyDancer DC-CFG Guider", formula))
 
 
 def official_sigmas(steps: int, shift: float, denoise: float = 1.0) -> torch.Tensor:
@@ -283,7 +288,8 @@ class SteadyDancerKSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model: Any, seed: int, steps: int, text_cfg: float, pose_cfg: float, pose_start: float,
                 pose_end: float, sampler_name: str, scheduler: str, positive: list, negative: list,
-                negative_pose: list, latent_image: dict, denoise: float = 1.0) -> io.NodeOutput:
+                negative_pose: list, latent_image: dict, denoise: float = 1.0,
+                formula: str = "official") -> io.NodeOutput:
         require_steadydancer_model(model, "SteadyDancer KSampler")
         if denoise == 0.0:
             return io.NodeOutput(latent_image)
@@ -297,7 +303,7 @@ class SteadyDancerKSampler(io.ComfyNode):
             sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler,
                                                      total).cpu()[-(steps + 1):]
         guider = make_guider(model, positive, negative, negative_pose, text_cfg, pose_cfg, pose_start, pose_end,
-                             "SteadyDancer KSampler")
+                             "SteadyDancer KSampler", formula)
         latent = latent_image.copy()
         samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
         latent["samples"] = samples

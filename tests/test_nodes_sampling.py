@@ -76,12 +76,13 @@ def sample_with_guider(guider, latent, sigmas, seed=7):
     return out, x0_per_step
 
 
-@pytest.mark.parametrize("text_cfg, rows_outside, rows_inside", [(5.0, 2, 3), (1.0, 1, 2)])
-def test_passes_per_step_and_formula(sampling, model, conditionings, text_cfg, rows_outside, rows_inside):
+@pytest.mark.parametrize("text_cfg, formula, rows_outside, rows_inside",
+                         [(5.0, "official", 2, 3), (1.0, "official", 1, 2), (4.0, "paper", 2, 3)])
+def test_passes_per_step_and_formula(sampling, model, conditionings, text_cfg, formula, rows_outside, rows_inside):
     positive, negative, negative_pose, latent = conditionings
     patched, calls = record_calls(model)
     guider = sampling.SteadyDancerDCCFGGuider.execute(patched, positive, negative, negative_pose, text_cfg,
-                                                      1.5, 0.1, 0.4).result[0]
+                                                      1.5, 0.1, 0.4, formula).result[0]
     sigmas = sampling.official_sigmas(STEPS, 5.0)
     _, x0_per_step = sample_with_guider(guider, latent, sigmas)
 
@@ -92,9 +93,12 @@ def test_passes_per_step_and_formula(sampling, model, conditionings, text_cfg, r
     for step, (cond_idx, _, out) in enumerate(calls):
         preds = dict(zip(cond_idx, out.chunk(len(cond_idx))))  # 0 positive, 1 negative text, 2 negative pose
         cond = preds[0]
-        expected = cond if text_cfg == 1.0 else preds[1] + text_cfg * (cond - preds[1])
-        if 2 in preds:
-            expected = expected + 1.5 * (cond - preds[2])
+        if formula == "official":  # e_t + w_t (e_c - e_t) + w_p (e_c - e_p)
+            expected = cond if text_cfg == 1.0 else preds[1] + text_cfg * (cond - preds[1])
+            if 2 in preds:
+                expected = expected + 1.5 * (cond - preds[2])
+        else:  # paper convention: e_c + (w_t - 1)(e_c - e_t) + (w_p - 1)(e_c - e_p)
+            expected = cond + (text_cfg - 1) * (cond - preds[1]) + (1.5 - 1) * (cond - preds[2] if 2 in preds else 0)
         torch.testing.assert_close(x0_per_step[step], expected, rtol=1e-5, atol=1e-5)
 
 
