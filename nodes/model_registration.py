@@ -117,12 +117,28 @@ class SteadyDancerModel(comfy.model_base.WAN21):
         return out
 
 
+def check_fp8_scales_understood(state_dict: dict[str, Any], scaled_fp8: Any) -> None:
+    """Refuse old-style scaled-fp8 files whose ``scaled_fp8`` marker is missing.
+
+    ComfyUI applies ``<layer>.scale_weight`` only when the marker tensor is present (0.3.64 then
+    sets ``scaled_fp8`` on the config, 0.8.0 converts the scales to its quant format); without it
+    the fp8 weights would be used unscaled, a silently wrong model.
+    """
+    unscaled = [key for key in state_dict if key.endswith(".scale_weight")]
+    if unscaled and scaled_fp8 is None:
+        raise ValueError(
+            f"this SteadyDancer file stores fp8 weights with per-layer scales ({unscaled[0]}, ...) but has no "
+            "'scaled_fp8' marker tensor, so ComfyUI would ignore the scales. Use the file as published "
+            "(Kijai's *_fp8_e4m3fn_scaled_KJ.safetensors carries the marker) or a bf16/fp16 file.")
+
+
 class SteadyDancerConfig(comfy.supported_models.WAN21_I2V):
     """Supported-model entry: a Wan2.1 I2V state dict that also has the fused pose patch embedding."""
 
     required_keys = {STEADYDANCER_MARKER_KEY}
 
     def get_model(self, state_dict: dict[str, Any], prefix: str = "", device: torch.device | None = None) -> SteadyDancerModel:
+        check_fp8_scales_understood(state_dict, vars(self).get("scaled_fp8"))
         # Fields ComfyUI's Wan detection does not read (or fixes to the 14B value).
         self.unet_config["freq_dim"] = _shape(state_dict, f"{prefix}time_embedding.0.weight")[1]
         self.unet_config["text_dim"] = _shape(state_dict, f"{prefix}text_embedding.0.weight")[1]

@@ -175,3 +175,15 @@ def test_scaled_fp8_file_loads_as_steadydancer(registration, dit_sd, tmp_path):
     rel = (denoised - expected).norm() / (expected - inputs["x"]).norm()
     assert rel < 0.1, f"fp8 output deviates by {rel:.3f} relative to the fp32 model"
     assert not torch.equal(denoised, expected)
+
+
+def test_scaled_fp8_without_marker_is_refused(dit_sd, tmp_path):
+    import comfy.sd
+    from safetensors.torch import save_file
+
+    tensors = scaled_fp8_state_dict(dit_sd)
+    del tensors["scaled_fp8"]
+    path = tmp_path / "steadydancer_fp8_no_marker.safetensors"
+    save_file(tensors, str(path))
+    with pytest.raises(ValueError, match="no 'scaled_fp8' marker"):
+        comfy.sd.load_diffusion_model(str(path))
