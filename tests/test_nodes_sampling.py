@@ -215,3 +215,30 @@ def test_official_ksampler_reproduces_core_dc_cfg_unipc(sampling, model, conditi
         x0 = core_solvers.sample_flow(velocity, comfy.sample.prepare_noise(latent["samples"], seed),
                                       core_schedule.official_unipc_schedule(steps, 5.0), "unipc")
     torch.testing.assert_close(out, fmt.process_out(x0), rtol=1e-4, atol=1e-4)
+
+
+def test_context_windows_slice_the_pose_latents(sampling, model):
+    """Long videos: core WanContextWindowsManual (0.8.0) runs the DiT on windows; pose latents and the I2V
+    concat are sliced with the noise, the single-frame reference tokens are kept in every window."""
+    import comfyui_version
+
+    if tuple(int(p) for p in comfyui_version.__version__.split(".")[:2]) < (0, 4):
+        pytest.skip("ComfyUI < 0.4 does not slice 5-D conditionings for context windows (Wan I2V fails there)")
+    import comfy.clip_vision
+    from comfy_extras.nodes_context_windows import WanContextWindowsManualNode
+
+    i2v = harness.pack_module("nodes.image_to_video")
+    g = torch.Generator().manual_seed(4)
+    clip = comfy.clip_vision.Output()
+    clip["penultimate_hidden_states"] = torch.randn(1, 257, 48, generator=g)
+    positive, negative, negative_pose, latent = i2v.SteadyDancerImageToVideo.execute(
+        positive=[[torch.randn(1, 7, 32, generator=g), {}]], negative=[[torch.randn(1, 7, 32, generator=g), {}]],
+        vae=comfy_wan21_vae(), reference_image=torch.rand(1, 32, 16, 3, generator=g),
+        pose_images=torch.rand(17, 32, 16, 3, generator=g), clip_vision_reference=clip, clip_vision_first_pose=clip,
+        width=16, height=32, length=17, negative_pose_images=torch.rand(17, 32, 16, 3, generator=g)).result
+    windowed = WanContextWindowsManualNode.execute(model, 9, 4, "standard_static", 1, False, "pyramid", False).result[0]
+    patched, calls = record_calls(windowed)
+    out = sampling.SteadyDancerKSampler.execute(patched, 0, 2, 5.0, 1.0, 0.0, 0.9, "euler", "simple", positive,
+                                                negative, negative_pose, latent, 1.0).result[0]["samples"]
+    assert out.shape == latent["samples"].shape == (1, 16, 5, 4, 2) and torch.isfinite(out).all()
+    assert {out_.shape[2] for _, _, out_ in calls} == {3}  # 9-frame windows = 3 latent frames, never all 5
