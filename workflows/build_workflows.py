@@ -99,12 +99,14 @@ def animate_workflow(*, width: int, height: int, length: int, steps: int, text_c
                      sampler: str, scheduler: str, shift: float, prompt: str, lora: str | None,
                      prefix: str) -> list[Node]:
     model_source = (12, 0)
+    # Driving video sits in a column of its own: the frontend grows it by the video preview once a
+    # file is chosen, so nothing may lie below it.
     nodes = [
         Node(1, "LoadImage", (0, 0), [("image", "reference.png")], outputs=[("IMAGE", IMAGE), ("MASK", MASK)],
              title="Reference image"),
-        Node(2, "SteadyDancerLoadVideo", (0, 380), [("video", "driving.mp4"), ("fps", 16.0), ("max_frames", length)],
+        Node(2, "SteadyDancerLoadVideo", (-380, 380), [("video", "driving.mp4"), ("fps", 16.0), ("max_frames", length)],
              outputs=[("frames", IMAGE), ("frame_count", INT), ("fps", FLOAT)], title="Driving video"),
-        Node(3, "SteadyDancerPoseDetectorLoader", (0, 560),
+        Node(3, "SteadyDancerPoseDetectorLoader", (0, 380),
              [("backend", "dwpose"), ("detector_model", "yolox_l.onnx"), ("pose_model", "dw-ll_ucoco_384.onnx")],
              outputs=[("detector", DETECTOR)]),
         Node(4, "SteadyDancerPosePipeline", (380, 380),
@@ -118,7 +120,7 @@ def animate_workflow(*, width: int, height: int, length: int, steps: int, text_c
         Node(6, "CLIPVisionEncode", (760, 0), [("crop", "none")],
              inputs=[("clip_vision", CLIP_VISION, (5, 0)), ("image", IMAGE, (1, 0))],
              outputs=[("CLIP_VISION_OUTPUT", CLIP_VISION_OUTPUT)], title="CLIP of the reference"),
-        Node(7, "CLIPVisionEncode", (760, 160), [("crop", "none")],
+        Node(7, "CLIPVisionEncode", (760, 180), [("crop", "none")],
              inputs=[("clip_vision", CLIP_VISION, (5, 0)), ("image", IMAGE, (4, 2))],
              outputs=[("CLIP_VISION_OUTPUT", CLIP_VISION_OUTPUT)], title="CLIP of the first pose"),
         Node(8, "CLIPLoader", (0, 760),
@@ -159,7 +161,7 @@ def animate_workflow(*, width: int, height: int, length: int, steps: int, text_c
              outputs=[("LATENT", LATENT)]),
         Node(16, "VAEDecode", (1900, 380), inputs=[("samples", LATENT, (15, 0)), ("vae", VAE, (11, 0))],
              outputs=[("IMAGE", IMAGE)]),
-        Node(17, "CreateVideo", (1900, 520), [("fps", 16.0)], inputs=[("images", IMAGE, (16, 0)), ("audio", "AUDIO", None)],
+        Node(17, "CreateVideo", (1900, 540), [("fps", 16.0)], inputs=[("images", IMAGE, (16, 0)), ("audio", "AUDIO", None)],
              outputs=[("VIDEO", VIDEO)]),
         Node(18, "SaveVideo", (2280, 380), [("filename_prefix", prefix), ("format", "mp4"), ("codec", "h264")],
              inputs=[("video", VIDEO, (17, 0))]),
