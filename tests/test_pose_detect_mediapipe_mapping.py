@@ -39,6 +39,17 @@ def test_visibility_threshold_and_neck_score() -> None:
         blazepose_to_body(np.zeros((17, 3)), 0.5)
 
 
+def test_landmarks_outside_the_image_are_not_visible() -> None:
+    # A waist-up frame: BlazePose extrapolates knees/ankles below the image with a confident score.
+    landmarks = _landmarks()
+    landmarks[[25, 26, 27, 28], 1] = [1.2, 1.25, 1.6, 1.62]  # knees and ankles under the bottom edge
+    landmarks[7, 0] = -0.05  # left ear just off the left edge
+    _, score, visible = blazepose_to_body(landmarks, threshold=0.5)
+    assert np.allclose(score, 0.9)
+    hidden = {9, 10, 12, 13, 17}  # R knee, R ankle, L knee, L ankle, L ear
+    assert [i for i in range(18) if not visible[i]] == sorted(hidden)
+
+
 def _body_with_wrists(left: tuple, right: tuple) -> tuple[np.ndarray, np.ndarray]:
     body = np.zeros((18, 2))
     body[7], body[4] = left, right

@@ -49,7 +49,12 @@ def import_mediapipe() -> Any:
 
 def blazepose_to_body(landmarks: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """OpenPose-18 ``(coords [18,2], scores [18], visible [18])`` from BlazePose ``[33, 3]`` (x, y normalised,
-    visibility). The neck is the shoulders' midpoint with the lower of their scores."""
+    visibility). The neck is the shoulders' midpoint with the lower of their scores.
+
+    A joint is visible when its score passes ``threshold`` AND it lies inside the image: BlazePose
+    always returns all 33 landmarks and extrapolates the ones outside the frame (the legs of a
+    waist-up video), often with a high visibility; DWPose never reports such joints, and drawing them
+    would hand the model legs the driving video does not show."""
     if landmarks.shape != (BLAZEPOSE_POINTS, 3):
         raise ValueError(f"expected BlazePose landmarks [33, 3] (x, y, visibility), got {landmarks.shape}")
     body = np.empty((BODY_JOINTS, 2))
@@ -60,7 +65,8 @@ def blazepose_to_body(landmarks: np.ndarray, threshold: float) -> tuple[np.ndarr
     shoulders = landmarks[[BLAZEPOSE_LEFT_SHOULDER, BLAZEPOSE_RIGHT_SHOULDER]]
     body[1] = shoulders[:, :2].mean(axis=0)
     score[1] = shoulders[:, 2].min()
-    return body, score, score > threshold
+    inside = ((body >= 0.0) & (body <= 1.0)).all(axis=1)
+    return body, score, (score > threshold) & inside
 
 
 def assign_hands(hands: list[np.ndarray], labels: list[str], hand_scores: list[float], body: np.ndarray,
