@@ -17,8 +17,7 @@ from safetensors.torch import save_file
 from steadydancer_core.model import TINY
 from steadydancer_core.video import write_video
 from tests.comfyui import harness
-from tests.comfyui.test_e2e_workflows import CLIP_DIM, random_clip_vision_vitl
-from tests.comfyui.tiny_models import random_wan21_vae_state_dict, tiny_dit_state_dict
+from tests.comfyui.tiny_models import CLIP_DIM, random_clip_vision_vitl, random_wan21_vae_state_dict, tiny_dit_state_dict
 from tests.test_pose_detect_models import build_dwpose, build_yolox, simcc_for_keypoints, yolox_raw_output
 
 #: Output size of the tiny run (multiples of 16, 4n+1 frames) and the driving clip it reads.

@@ -23,7 +23,7 @@ from test_pose_detect_models import build_dwpose, build_yolox, simcc_for_keypoin
 
 from tests.comfyui import harness
 from tests.comfyui.server import start_server
-from tests.comfyui.tiny_models import random_wan21_vae_state_dict, tiny_dit_state_dict
+from tests.comfyui.tiny_models import CLIP_DIM, random_clip_vision_vitl, random_wan21_vae_state_dict, tiny_dit_state_dict
 
 from steadydancer_core.model import TINY
 from steadydancer_core.video import write_video
@@ -35,27 +35,6 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 FILE_WIDGETS = {"unet_name", "clip_name", "vae_name", "lora_name", "image", "video", "detector_model",
                 "pose_model", "embeds"}
 WIDTH, HEIGHT, LENGTH = 32, 48, 5
-CLIP_DIM = 1024  # ViT-L/14: ComfyUI's smallest CLIP vision with 257 tokens
-
-
-def random_clip_vision_vitl() -> dict[str, torch.Tensor]:
-    """Random weights in ComfyUI's ViT-L/14 layout (what ``comfy.clip_vision`` detects as ViT-L)."""
-    import comfy.clip_model
-    import comfy.ops
-
-    config = json.loads((harness.comfyui_path() / "comfy" / "clip_vision_config_vitl.json").read_text())
-    with torch.device("meta"):
-        model = comfy.clip_model.CLIPVisionModelProjection(config, torch.float16, "meta", comfy.ops.manual_cast)
-    g = torch.Generator().manual_seed(0)
-    state = {}
-    for key, value in model.state_dict().items():
-        if "layer_norm" in key or "layrnorm" in key:
-            state[key] = (torch.ones if key.endswith("weight") else torch.zeros)(value.shape, dtype=torch.float16)
-        else:
-            state[key] = (torch.randn(value.shape, generator=g) * 0.02).to(torch.float16)
-    return state
-
-
 @pytest.fixture(scope="module")
 def comfy_env(tmp_path_factory):
     comfyui = harness.skip_without_comfyui()

@@ -1,6 +1,9 @@
 """Tiny random models in the released key layouts, built in-process (tests never download)."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
 from steadydancer_core.model import TINY, DiTConfig, SteadyDancerDiT
@@ -69,3 +72,24 @@ def comfy_wan21_vae(seed: int = 0):
 
         _VAE_CACHE[seed] = comfy.sd.VAE(sd=random_wan21_vae_state_dict(seed))
     return _VAE_CACHE[seed]
+
+
+CLIP_DIM = 1024  # ViT-L/14: ComfyUI's smallest CLIP vision with 257 tokens
+
+
+def random_clip_vision_vitl() -> dict[str, torch.Tensor]:
+    """Random weights in ComfyUI's ViT-L/14 layout (what ``comfy.clip_vision`` detects as ViT-L)."""
+    import comfy.clip_model
+    import comfy.ops
+
+    config = json.loads((Path(comfy.clip_model.__file__).parent / "clip_vision_config_vitl.json").read_text())
+    with torch.device("meta"):
+        model = comfy.clip_model.CLIPVisionModelProjection(config, torch.float16, "meta", comfy.ops.manual_cast)
+    g = torch.Generator().manual_seed(0)
+    state = {}
+    for key, value in model.state_dict().items():
+        if "layer_norm" in key or "layrnorm" in key:
+            state[key] = (torch.ones if key.endswith("weight") else torch.zeros)(value.shape, dtype=torch.float16)
+        else:
+            state[key] = (torch.randn(value.shape, generator=g) * 0.02).to(torch.float16)
+    return state
