@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-for entry in (str(ROOT), str(ROOT / "training")):
-    if entry not in sys.path:
-        sys.path.insert(0, entry)
+import _paths  # noqa: E402,F401  (repository root and training/ on sys.path)
 
 from steadydancer_core.pose.detect import BACKENDS, create_detector  # noqa: E402
 from steadydancer_train.build_manifest_lib import build_manifest  # noqa: E402

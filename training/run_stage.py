@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-for entry in (str(ROOT), str(ROOT / "training")):
-    if entry not in sys.path:
-        sys.path.insert(0, entry)
+import _paths  # noqa: E402,F401  (repository root and training/ on sys.path)
 
 from steadydancer_train.config import load_config  # noqa: E402
 from steadydancer_train.trainer import StageRunner  # noqa: E402
