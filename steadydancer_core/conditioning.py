@@ -294,6 +294,8 @@ def concat_pass_inputs(passes: Sequence[PassInputs]) -> PassInputs:
     """
     if not passes:
         raise ValueError("no passes to concatenate")
+    if len(passes) == 1:  # nothing to stack; callers that cached a stack pass it back every step
+        return passes[0]
     strengths = {(p.pose_strength_spatial, p.pose_strength_temporal) for p in passes}
     if len(strengths) != 1:
         raise ValueError(f"passes in one batch must share pose strengths, got {sorted(strengths)}")
