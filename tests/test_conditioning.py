@@ -233,3 +233,5 @@ def test_concat_pass_inputs_pads_context_and_checks_strengths():
         concat_pass_inputs([base, stronger])
     with pytest.raises(ValueError, match="no passes"):
         concat_pass_inputs([])
+    # One pass (e.g. a stack cached by the sampler) is used as it is: no per-step copies.
+    assert concat_pass_inputs([stacked]) is stacked
