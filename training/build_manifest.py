@@ -8,9 +8,8 @@ pose pipeline and saved as <keypoints_dir>/<id>.json; the prompt is read from <v
 from __future__ import annotations
 
 import argparse
-import sys
 
-import _paths  # noqa: E402,F401  (repository root and training/ on sys.path)
+import _script  # noqa: E402  (puts the repository root and training/ on sys.path)
 
 from steadydancer_core.pose.detect import BACKENDS, create_detector  # noqa: E402
 from steadydancer_train.build_manifest_lib import build_manifest  # noqa: E402
@@ -37,8 +36,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError, KeyError) as error:  # config/data/checkpoint problems: message only
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    _script.run(main)

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-import _paths  # noqa: E402,F401  (repository root and training/ on sys.path)
+import _script  # noqa: E402  (puts the repository root and training/ on sys.path)
 
 import torch  # noqa: E402
 
@@ -47,8 +46,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError, KeyError) as error:  # config/data/checkpoint problems: message only
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    _script.run(main)

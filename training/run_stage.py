@@ -9,9 +9,8 @@ Mitigation; see training/steadydancer_train/trainer.py and the shipped configs f
 from __future__ import annotations
 
 import argparse
-import sys
 
-import _paths  # noqa: E402,F401  (repository root and training/ on sys.path)
+import _script  # noqa: E402  (puts the repository root and training/ on sys.path)
 
 from steadydancer_train.config import load_config  # noqa: E402
 from steadydancer_train.trainer import StageRunner  # noqa: E402
@@ -38,8 +37,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError, KeyError) as error:  # config/data/checkpoint problems: message only
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    _script.run(main)
