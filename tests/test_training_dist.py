@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
 
 from steadydancer_core.model.checkpoint import load_state_dict  # noqa: E402
 from steadydancer_train.config import config_from_dict  # noqa: E402
-from steadydancer_train.synthetic import MICRO, write_arch_json, write_random_cache, write_random_wan_i2v  # noqa: E402
+from steadydancer_train.synthetic import write_training_fixture  # noqa: E402
 from steadydancer_train.trainer import run_stage  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,11 +26,7 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 @pytest.fixture(scope="module")
 def fixture_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("dist_fixture")
-    write_arch_json(root / "arch.json", MICRO)
-    write_random_wan_i2v(root / "wan.safetensors", MICRO, seed=0)
-    write_random_cache(root / "cache", MICRO, num_clips=3, clip_tokens=9, seed=1)
-    return root
+    return write_training_fixture(tmp_path_factory.mktemp("dist_fixture"))
 
 
 def make_cfg(root: Path, name: str, stage: int, strategy: str, grad_accum: int) -> dict:

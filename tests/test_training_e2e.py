@@ -17,7 +17,7 @@ from steadydancer_core.model.checkpoint import load_dit, load_state_dict  # noqa
 from steadydancer_train.config import config_from_dict  # noqa: E402
 from steadydancer_train.lora import load_comfy_lora  # noqa: E402
 from steadydancer_train.model_setup import POSE_MODULES, NotWanI2VError  # noqa: E402
-from steadydancer_train.synthetic import MICRO, write_arch_json, write_random_cache, write_random_wan_i2v  # noqa: E402
+from steadydancer_train.synthetic import MICRO, write_random_cache, write_training_fixture  # noqa: E402
 from steadydancer_train.trainer import StageRunner, run_stage  # noqa: E402
 
 
@@ -32,11 +32,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def fixture_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("train_fixture")
-    write_arch_json(root / "arch.json", MICRO)
-    write_random_wan_i2v(root / "wan.safetensors", MICRO, seed=0)
-    write_random_cache(root / "cache", MICRO, num_clips=3, clip_tokens=9, seed=1)
-    return root
+    return write_training_fixture(tmp_path_factory.mktemp("train_fixture"))
 
 
 def stage_cfg(root: Path, out: Path, stage: int, **sections) -> dict:

@@ -67,3 +67,13 @@ def write_random_cache(cache_dir: str | Path, config: DiTConfig, num_clips: int,
         write_cache(path, tensors, {"id": f"clip{i:04d}", "frames": str(4 * (t - 1) + 1)})
         paths.append(path)
     return paths
+
+
+def write_training_fixture(root: str | Path, config: DiTConfig = MICRO) -> Path:
+    """A complete tiny training set-up in ``root``: ``arch.json``, a random Wan2.1-I2V start checkpoint
+    ``wan.safetensors`` and a 3-clip latent cache ``cache/`` (what the end-to-end and distributed tests use)."""
+    root = Path(root)
+    write_arch_json(root / "arch.json", config)
+    write_random_wan_i2v(root / "wan.safetensors", config, seed=0)
+    write_random_cache(root / "cache", config, num_clips=3, clip_tokens=9, seed=1)
+    return root
