@@ -40,6 +40,21 @@ def _inputs(batch: int = 1, frames: int = 3, h: int = 4, w: int = 6, seed: int =
     }
 
 
+def _comfy_and_core(patcher, dit_sd, sigma: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ComfyUI ``apply_model`` denoised, the core DiT's velocity, the noisy input) for the same inputs."""
+    inputs = _inputs()
+    sigma_t = torch.tensor([sigma])
+    with torch.no_grad():
+        denoised = patcher.model.apply_model(
+            inputs["x"], sigma_t, c_concat=inputs["c_concat"], c_crossattn=inputs["context"],
+            clip_fea=inputs["clip_fea"], clip_fea_c=inputs["clip_fea_c"], pose_latents=inputs["pose_latents"],
+            ref_x=inputs["ref_x"], ref_c=inputs["ref_c"])
+        velocity = core_dit(dit_sd, TINY_AS_LOADED)(
+            torch.cat([inputs["x"], inputs["c_concat"]], 1), sigma_t * 1000, inputs["context"],
+            inputs["clip_fea"], inputs["clip_fea_c"], inputs["pose_latents"], inputs["ref_x"], inputs["ref_c"])
+    return denoised, velocity, inputs["x"]
+
+
 def test_registered_once_at_front(registration):
     import comfy.supported_models
 
@@ -69,17 +84,8 @@ def test_apply_model_equals_core_dit_flow_prediction(dit_sd):
     import comfy.sd
 
     patcher = comfy.sd.load_diffusion_model_state_dict(dict(dit_sd))
-    inputs = _inputs()
-    sigma = torch.tensor([0.7])
-    with torch.no_grad():
-        denoised = patcher.model.apply_model(
-            inputs["x"], sigma, c_concat=inputs["c_concat"], c_crossattn=inputs["context"],
-            clip_fea=inputs["clip_fea"], clip_fea_c=inputs["clip_fea_c"], pose_latents=inputs["pose_latents"],
-            ref_x=inputs["ref_x"], ref_c=inputs["ref_c"])
-        velocity = core_dit(dit_sd, TINY_AS_LOADED)(
-            torch.cat([inputs["x"], inputs["c_concat"]], 1), sigma * 1000, inputs["context"],
-            inputs["clip_fea"], inputs["clip_fea_c"], inputs["pose_latents"], inputs["ref_x"], inputs["ref_c"])
-    torch.testing.assert_close(denoised, inputs["x"] - 0.7 * velocity, rtol=1e-4, atol=1e-5)
+    denoised, velocity, x = _comfy_and_core(patcher, dit_sd, 0.7)
+    torch.testing.assert_close(denoised, x - 0.7 * velocity, rtol=1e-4, atol=1e-5)
 
 
 def test_extra_conds_normalise_latents_and_route_clip(dit_sd):
@@ -160,19 +166,10 @@ def test_scaled_fp8_file_loads_as_steadydancer(registration, dit_sd, tmp_path):
     save_file(scaled_fp8_state_dict(dit_sd), str(path))
     patcher = comfy.sd.load_diffusion_model(str(path))
     assert isinstance(patcher.model, registration.SteadyDancerModel)
-    inputs = _inputs()
-    sigma = torch.tensor([0.4])
-    with torch.no_grad():
-        denoised = patcher.model.apply_model(
-            inputs["x"], sigma, c_concat=inputs["c_concat"], c_crossattn=inputs["context"],
-            clip_fea=inputs["clip_fea"], clip_fea_c=inputs["clip_fea_c"], pose_latents=inputs["pose_latents"],
-            ref_x=inputs["ref_x"], ref_c=inputs["ref_c"])
-        reference = core_dit(dit_sd, TINY_AS_LOADED)(
-            torch.cat([inputs["x"], inputs["c_concat"]], 1), sigma * 1000, inputs["context"],
-            inputs["clip_fea"], inputs["clip_fea_c"], inputs["pose_latents"], inputs["ref_x"], inputs["ref_c"])
-    expected = inputs["x"] - 0.4 * reference
+    denoised, reference, x = _comfy_and_core(patcher, dit_sd, 0.4)
+    expected = x - 0.4 * reference
     # e4m3 keeps ~3 mantissa bits: close to the full-precision model, not equal.
-    rel = (denoised - expected).norm() / (expected - inputs["x"]).norm()
+    rel = (denoised - expected).norm() / (expected - x).norm()
     assert rel < 0.1, f"fp8 output deviates by {rel:.3f} relative to the fp32 model"
     assert not torch.equal(denoised, expected)
 
