@@ -161,18 +161,25 @@ def prepare_images(images: torch.Tensor, height: int, width: int) -> torch.Tenso
 # ---- latents -------------------------------------------------------------------------------------
 
 def i2v_mask(
-    num_frames: int, latent_height: int, latent_width: int, *, dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
+    num_frames: int, latent_height: int, latent_width: int, *, kept_frames: int = 1,
+    dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """The I2V mask ``[4, T, h, w]``: all 4 channels 1 at latent frame 0 (the given first frame), else 0.
+    """The I2V keep mask ``[4, T, h, w]``: 1 where a pixel frame is given (kept), 0 where it is generated.
 
-    The official builds it from a per-pixel-frame mask (frame 0 repeated 4x, then folded in groups of 4),
-    which for the first-frame case is exactly this; unlike the official it works for any ``4n + 1``.
+    Built as the official code builds it, from a per-pixel-frame mask (1 on the first ``kept_frames``),
+    frame 0 repeated 4x and the result folded in groups of 4 onto the 4 channels: latent frame 0 holds pixel
+    frame 0 on all channels, latent frame ``t >= 1`` pixel frames ``4t - 3 .. 4t`` on channels 0..3. One kept
+    frame (the official first-frame case) is all channels of latent frame 0; unlike the official, any ``4n + 1``
+    works, and so does keeping more frames (the carried frames of a long video's later segments).
     """
     latent_frames = latent_frame_count(num_frames)
-    mask = torch.zeros(MASK_CHANNELS, latent_frames, latent_height, latent_width, dtype=dtype, device=device)
-    mask[:, 0] = 1
-    return mask
+    if not 1 <= kept_frames <= num_frames:
+        raise ValueError(f"kept_frames must be between 1 and {num_frames}, got {kept_frames}")
+    per_frame = torch.zeros(num_frames, dtype=dtype, device=device)
+    per_frame[:kept_frames] = 1
+    folded = torch.cat([per_frame[:1].repeat(VAE_TEMPORAL_STRIDE), per_frame[1:]])
+    mask = folded.view(latent_frames, MASK_CHANNELS).transpose(0, 1)
+    return mask[:, :, None, None].expand(-1, -1, latent_height, latent_width).contiguous()
 
 
 @dataclass(frozen=True)
@@ -193,9 +200,14 @@ class ConditioningLatents:
     @classmethod
     def from_latents(
         cls, image_latent: torch.Tensor, pose_latents: torch.Tensor,
-        negative_pose_latents: torch.Tensor | None = None,
+        negative_pose_latents: torch.Tensor | None = None, *, kept_frames: int = 1,
+        ref_x: torch.Tensor | None = None, ref_c: torch.Tensor | None = None,
     ) -> "ConditioningLatents":
-        """Build from VAE latents ``[B, 16, T, h, w]`` (image clip = reference then grey frames)."""
+        """Build from VAE latents ``[B, 16, T, h, w]`` (image clip = the kept frames, then grey frames).
+
+        ``ref_x`` / ``ref_c`` default to the image latent's and the positive pose latent's frame 0; a long
+        video's later segments may pass the reference's instead (``segments`` anchor ``reference``).
+        """
         _check_latent("image_latent", image_latent)
         batch, _, frames, height, width = image_latent.shape
         for name, latent in (("pose_latents", pose_latents), ("negative_pose_latents", negative_pose_latents)):
@@ -212,14 +224,18 @@ class ConditioningLatents:
                 raise ValueError(
                     f"{name} shape {tuple(latent.shape)} does not match image_latent {tuple(image_latent.shape)}"
                 )
-        mask = i2v_mask(pixel_frame_count(frames), height, width, dtype=image_latent.dtype,
-                        device=image_latent.device)
+        mask = i2v_mask(pixel_frame_count(frames), height, width, kept_frames=kept_frames,
+                        dtype=image_latent.dtype, device=image_latent.device)
+        for name, ref in (("ref_x", ref_x), ("ref_c", ref_c)):
+            if ref is not None and ref.shape != (batch, LATENT_CHANNELS, 1, height, width):
+                raise ValueError(f"{name} must be [{batch}, {LATENT_CHANNELS}, 1, {height}, {width}], "
+                                 f"got {tuple(ref.shape)}")
         return cls(
             image_condition=torch.cat([mask.expand(batch, -1, -1, -1, -1), image_latent], dim=1),
             pose_latents=pose_latents,
             negative_pose_latents=negative_pose_latents,
-            ref_x=image_latent[:, :, :1],
-            ref_c=pose_latents[:, :, :1],
+            ref_x=image_latent[:, :, :1] if ref_x is None else ref_x,
+            ref_c=pose_latents[:, :, :1] if ref_c is None else ref_c,
         )
 
     @property
