@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import gc
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -34,9 +34,22 @@ from .conditioning import (
     validate_size,
 )
 from .encoders import CLIPVisionEncoder, T5TextEncoder, WanVAE, pad_context
+from .frame_sources import Frames
 from .guidance import DCCFGConfig, DCCFGGuidance, pose_window_steps
 from .model import SteadyDancerDiT
 from .schedule import default_shift, official_unipc_schedule
+from .segments import (
+    ANCHORS,
+    COLOR_MATCH_MODES,
+    DEFAULT_ANCHOR,
+    DEFAULT_CARRY_FRAMES,
+    DEFAULT_COLOR_MATCH,
+    DEFAULT_SEGMENT_FRAMES,
+    SegmentPlan,
+    SegmentRequest,
+    generate_long_video,
+    plan_segments,
+)
 from .solvers import make_solver
 
 log = logging.getLogger(__name__)
@@ -121,6 +134,53 @@ def make_plan(reference_hw: tuple[int, int], settings: SamplingSettings, pose_gu
                    latent_shape=(16, latent_frame_count(settings.frames), height // 8, width // 8), steps=settings.steps, shift=shift,
                    solver=settings.solver, pose_steps=pose_steps, pose_guidance=pose_guidance,
                    model_evaluations=evaluations)
+
+
+@dataclass(frozen=True)
+class LongVideoOptions:
+    """How a video longer than one segment is chained (``segments``; defaults there)."""
+
+    segment_frames: int = DEFAULT_SEGMENT_FRAMES
+    carry_frames: int = DEFAULT_CARRY_FRAMES
+    anchor: str = DEFAULT_ANCHOR
+    color_match: str = DEFAULT_COLOR_MATCH
+
+    def __post_init__(self) -> None:
+        if self.anchor not in ANCHORS:
+            raise ValueError(f"anchor must be one of {ANCHORS}, got {self.anchor!r}")
+        if self.color_match not in COLOR_MATCH_MODES:
+            raise ValueError(f"color_match must be one of {COLOR_MATCH_MODES}, got {self.color_match!r}")
+
+
+@dataclass(frozen=True)
+class LongRunPlan:
+    """The segments of a run and the sampling plan of each (they differ only in length and seed)."""
+
+    segments: SegmentPlan
+    runs: tuple[RunPlan, ...]
+
+    @property
+    def model_evaluations(self) -> int:
+        return sum(run.model_evaluations for run in self.runs)
+
+    def describe(self) -> list[str]:
+        first = self.runs[0]
+        evaluations = {seg.length: run.model_evaluations for seg, run in zip(self.segments.segments, self.runs)}
+        lines = [f"output: {self.segments.total_frames} frames at {first.width}x{first.height} (WxH), 16 fps"]
+        lines += self.segments.describe(evaluations.__getitem__)
+        lines += [line for line in first.describe() if not line.startswith(("output:", "DiT evaluations"))]
+        lines.append(f"DiT evaluations: {self.model_evaluations}")
+        return lines
+
+
+def make_long_plan(reference_hw: tuple[int, int], settings: SamplingSettings, total_frames: int,
+                   options: LongVideoOptions, pose_guidance: bool) -> LongRunPlan:
+    """The segment chain for ``total_frames`` output frames; ``settings.frames`` is replaced by each segment's
+    length and ``settings.seed`` by each segment's seed."""
+    segments = plan_segments(total_frames, options.segment_frames, options.carry_frames, settings.seed)
+    runs = tuple(make_plan(reference_hw, replace(settings, frames=seg.length, seed=seg.seed), pose_guidance)
+                 for seg in segments.segments)
+    return LongRunPlan(segments, runs)
 
 
 def _output_hw(reference_hw: tuple[int, int], settings: SamplingSettings) -> tuple[int, int]:
@@ -222,31 +282,40 @@ class SteadyDancerPipeline:
 
     def build_conditioning(self, reference: np.ndarray, poses: np.ndarray, negative_poses: np.ndarray | None,
                            prompt: str, negative_prompt: str, plan: RunPlan, text_len: int) -> Conditioning:
+        """The conditioning of a plain run (the official ``generate``): reference kept as frame 0."""
         reference_hw = reference.shape[:2]
-        h, w = plan.height, plan.width
         ref_native = frames_to_model_range(reference[None])
         pose_native = frames_to_model_range(resize_poses_to_reference(poses[:plan.frames], reference_hw))
+        negative_native = (None if negative_poses is None else
+                           frames_to_model_range(resize_poses_to_reference(negative_poses[:plan.frames], reference_hw)))
 
         context, negative_context = self.encode_prompts(prompt, negative_prompt, text_len)
         clip_x, clip_c = self.encode_clip(ref_native, pose_native[:1])
-
-        vae = self._vae()
-        ref_resized = resize_bicubic(ref_native, h, w)  # [1, 3, h, w]
-        # Image clip: the reference, then frames of zeros (mid-grey); the whole clip is encoded because
-        # later latent frames see frame 0 through the causal VAE cache.
-        clip = torch.zeros(1, 3, plan.frames, h, w)
-        clip[:, :, 0] = ref_resized[0]
-        image_latent = vae.encode(clip.to(self.device))
-        pose_latent = vae.encode(self._as_clip(pose_native, h, w))
-        negative_latent = None
-        if negative_poses is not None:
-            negative = resize_poses_to_reference(negative_poses[:plan.frames], reference_hw)
-            negative_latent = vae.encode(self._as_clip(frames_to_model_range(negative), h, w))
+        ref_resized = resize_bicubic(ref_native, plan.height, plan.width)  # [1, 3, h, w]
         return Conditioning(
-            latents=ConditioningLatents.from_latents(image_latent, pose_latent, negative_latent),
+            latents=self.encode_latents(ref_resized, pose_native, negative_native, plan),
             context=context, negative_context=negative_context, clip_x=clip_x, clip_c=clip_c,
             reference_frame=to_uint8_frames(ref_resized.transpose(0, 1))[0],
         )
+
+    def encode_latents(self, kept: torch.Tensor, pose_native: torch.Tensor, negative_native: torch.Tensor | None,
+                       plan: RunPlan, ref_x: torch.Tensor | None = None,
+                       ref_c: torch.Tensor | None = None) -> ConditioningLatents:
+        """VAE latents of one run: the image clip (``kept`` [C, 3, h, w] at the output size, then frames of
+        zeros, i.e. mid-grey), the pose and the negative-pose frames ([F, 3, H, W] at any size).
+
+        The whole image clip is encoded because later latent frames see the kept frames through the causal
+        VAE cache; for the same reason the clip's latent frame 0 is the kept frame 0's own latent.
+        """
+        vae = self._vae()
+        h, w = plan.height, plan.width
+        clip = torch.zeros(1, 3, plan.frames, h, w)
+        clip[0, :, :len(kept)] = kept.transpose(0, 1)
+        image_latent = vae.encode(clip.to(self.device))
+        pose_latent = vae.encode(self._as_clip(pose_native, h, w))
+        negative_latent = None if negative_native is None else vae.encode(self._as_clip(negative_native, h, w))
+        return ConditioningLatents.from_latents(image_latent, pose_latent, negative_latent, kept_frames=len(kept),
+                                                ref_x=ref_x, ref_c=ref_c)
 
     def _as_clip(self, frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """[F, 3, H, W] in [-1, 1] -> the VAE's [1, 3, F, height, width] on the pipeline device."""
@@ -255,8 +324,11 @@ class SteadyDancerPipeline:
     # -- sampling ---------------------------------------------------------------------------------
 
     def sample(self, dit: torch.nn.Module, cond: Conditioning, plan: RunPlan, settings: SamplingSettings,
-               progress: bool = True) -> torch.Tensor:
-        """DC-CFG over the official flow grid; returns the final latent [1, 16, T, h, w] float32."""
+               progress: bool = True, on_step: Callable[[], object] | None = None) -> torch.Tensor:
+        """DC-CFG over the official flow grid; returns the final latent [1, 16, T, h, w] float32.
+
+        ``on_step`` is called after every step (a caller's own progress bar over several runs).
+        """
         schedule = official_unipc_schedule(plan.steps, plan.shift)
         solver = make_solver(plan.solver, schedule.sigmas)
         passes = cond.latents.dc_cfg_passes(
@@ -283,6 +355,8 @@ class SteadyDancerPipeline:
             timestep = schedule.timesteps[index].to(self.device)
             velocity = guidance(sample.to(self.dit_dtype), timestep, index, plan.steps)
             sample = solver.step(velocity.float(), sample)
+            if on_step is not None:
+                on_step()
         return sample
 
     # -- everything -------------------------------------------------------------------------------
@@ -291,40 +365,107 @@ class SteadyDancerPipeline:
                  negative_poses: np.ndarray | None = None, negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
                  settings: SamplingSettings = SamplingSettings(), exact_first_frame: bool = True,
                  progress: bool = True) -> np.ndarray:
-        """Generate ``settings.frames`` RGB uint8 frames [F, H, W, 3].
+        """Generate ``settings.frames`` RGB uint8 frames [F, H, W, 3] in one run (the official ``generate``).
 
         ``reference`` uint8 [H, W, 3]; ``poses`` / ``negative_poses`` uint8 [N >= frames, h, w, 3] (any size:
         resized to the reference as the official code does). Without negative poses the pose term of
         DC-CFG is off (text CFG only). ``exact_first_frame`` writes the resized reference over the decoded
         frame 0 (the decode is only approximately the reference).
         """
-        check_frames(reference, poses, negative_poses, settings.frames)
-        plan = make_plan(reference.shape[:2], settings, negative_poses is not None)
+        frames: list[np.ndarray] = []
+        self.generate(reference, poses, prompt, total_frames=settings.frames, emit=frames.append,
+                      negative_poses=negative_poses, negative_prompt=negative_prompt, settings=settings,
+                      options=LongVideoOptions(segment_frames=settings.frames),
+                      exact_first_frame=exact_first_frame, progress=progress)
+        return frames[0]
+
+    def generate(self, reference: np.ndarray, poses: Frames, prompt: str, *, total_frames: int,
+                 emit: Callable[[np.ndarray], object], negative_poses: Frames | None = None,
+                 negative_prompt: str = DEFAULT_NEGATIVE_PROMPT, settings: SamplingSettings = SamplingSettings(),
+                 options: LongVideoOptions = LongVideoOptions(), exact_first_frame: bool = True,
+                 progress: bool = True) -> LongRunPlan:
+        """Generate ``total_frames`` frames as a chain of segments (``segments``), handing each segment's new
+        uint8 frames [n, H, W, 3] to ``emit`` as it finishes; a video within one segment is the plain run.
+
+        The umT5 contexts and the reference's CLIP features are computed once; the DiT and the VAE stay
+        loaded over the chain (and the CLIP tower too with ``anchor="segment"``, which encodes every
+        segment's own first frame and pose). Pose frames are read per segment.
+        """
+        check_frames(reference, poses, negative_poses, total_frames)
+        plan = make_long_plan(reference.shape[:2], settings, total_frames, options, negative_poses is not None)
         if negative_poses is None:
             log.warning("no negative pose frames: the DC-CFG pose term is off (text CFG only)")
         from .model.checkpoint import read_checkpoint_config
 
         text_len = read_checkpoint_config(self.dit_path).text_len
-        cond = self.build_conditioning(reference, poses, negative_poses, prompt, negative_prompt, plan, text_len)
+        context, negative_context = self.encode_prompts(prompt, negative_prompt, text_len)
+        reference_hw = reference.shape[:2]
+        first = plan.runs[0]
+
+        def native_poses(source: Frames | None, indices: np.ndarray) -> torch.Tensor | None:
+            if source is None:
+                return None
+            return frames_to_model_range(resize_poses_to_reference(source[indices], reference_hw))
+
+        ref_native = frames_to_model_range(reference[None])
+        ref_resized = resize_bicubic(ref_native, first.height, first.width)
+        reference_frame = to_uint8_frames(ref_resized.transpose(0, 1))[0]
+        per_segment_clip = options.anchor == "segment" and len(plan.runs) > 1
+        clip_encoder = CLIPVisionEncoder.from_pretrained(self.wan_dir, self.clip_dtype, self.device)
+        first_pose = native_poses(poses, np.array([0]))
+        reference_clip = clip_encoder.encode(torch.cat([ref_native, first_pose]).to(self.device)).float()
+        if not per_segment_clip:
+            del clip_encoder
+            self._free_memory()
+
         dit = self.load_dit()
-        latent = self.sample(dit, cond, plan, settings, progress)
-        del dit
-        self._free_memory()
-        video = self._vae().decode(latent)[0]
-        frames = to_uint8_frames(video)
-        if exact_first_frame:
-            frames[0] = cond.reference_frame
-        return frames
+        reference_anchor: dict[str, torch.Tensor] = {}
+        bar = tqdm(total=sum(run.steps for run in plan.runs), desc="sampling", disable=not progress)
+
+        def render(request: SegmentRequest) -> np.ndarray:
+            seg, run = request.segment, plan.runs[request.segment.index]
+            bar.set_postfix_str(f"segment {seg.index + 1}/{len(plan.runs)}")
+            # Segment 0 keeps the float resized reference (bit for bit the plain run); later ones their carry.
+            kept = ref_resized if seg.index == 0 else frames_to_model_range(request.kept_frames)
+            pose_native = native_poses(poses, request.pose_indices)
+            anchor = {} if seg.index == 0 or not request.anchor_is_reference else reference_anchor
+            latents = self.encode_latents(kept, pose_native, native_poses(negative_poses, request.pose_indices),
+                                          run, **anchor)
+            if seg.index == 0:
+                reference_anchor.update(ref_x=latents.ref_x, ref_c=latents.ref_c)
+            clip_features = reference_clip
+            if not request.anchor_is_reference:  # the segment's own first frame and first pose
+                anchor_image = frames_to_model_range(request.anchor_frame[None])
+                clip_features = clip_encoder.encode(torch.cat([anchor_image, pose_native[:1]]).to(self.device)).float()
+            cond = Conditioning(latents=latents, context=context, negative_context=negative_context,
+                                clip_x=clip_features[:1], clip_c=clip_features[1:], reference_frame=reference_frame)
+            latent = self.sample(dit, cond, run, replace(settings, frames=seg.length, seed=seg.seed),
+                                 progress=False, on_step=bar.update)
+            frames = to_uint8_frames(self._vae().decode(latent)[0])
+            if seg.index == 0 and exact_first_frame:
+                frames[0] = reference_frame
+            return frames
+
+        try:
+            generate_long_video(plan.segments, reference_frame, render, emit, anchor=options.anchor,
+                                color_match=options.color_match)
+        finally:
+            bar.close()
+            del dit
+            self._free_memory()
+        return plan
 
 
-def check_frames(reference: np.ndarray, poses: np.ndarray, negative_poses: np.ndarray | None, frames: int) -> None:
-    """Shapes and counts of the pixel inputs, checked before anything is loaded."""
-    for name, array, ndim in (("reference", reference, 3), ("poses", poses, 4), ("negative poses", negative_poses, 4)):
-        if array is None:
+def check_frames(reference: np.ndarray, poses: Frames, negative_poses: Frames | None, frames: int) -> None:
+    """Shapes and counts of the pixel inputs, checked before anything is loaded (a lazy pose sequence is
+    checked on its first frame)."""
+    if reference.ndim != 3 or reference.shape[-1] != 3 or reference.dtype != np.uint8:
+        raise ValueError(f"reference must be uint8 RGB [H, W, 3]; got {reference.dtype} {tuple(reference.shape)}")
+    for name, source in (("pose", poses), ("negative pose", negative_poses)):
+        if source is None:
             continue
-        if array.ndim != ndim or array.shape[-1] != 3 or array.dtype != np.uint8:
-            expected = "[H, W, 3]" if ndim == 3 else "[N, H, W, 3]"
-            raise ValueError(f"{name} must be uint8 RGB {expected}; got {array.dtype} {tuple(array.shape)}")
-    for name, array in (("pose", poses), ("negative pose", negative_poses)):
-        if array is not None and array.shape[0] < frames:
-            raise ValueError(f"{frames} frames requested but only {array.shape[0]} {name} frames given")
+        if len(source) < frames:
+            raise ValueError(f"{frames} frames requested but only {len(source)} {name} frames given")
+        sample = source if isinstance(source, np.ndarray) else source[np.array([0])]
+        if sample.ndim != 4 or sample.shape[-1] != 3 or sample.dtype != np.uint8:
+            raise ValueError(f"{name}s must be uint8 RGB [N, H, W, 3]; got {sample.dtype} {tuple(sample.shape)}")

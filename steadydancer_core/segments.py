@@ -125,8 +125,13 @@ def plan_segments(total_frames: int, segment_frames: int = DEFAULT_SEGMENT_FRAME
         validate_frame_count(segment_frames)
     except ValueError as err:
         raise ValueError(f"segment_frames: {err}") from None
-    if not isinstance(carry_frames, (int, np.integer)) or not 1 <= carry_frames < segment_frames:
-        raise ValueError(f"carry_frames must be between 1 and segment_frames - 1 = {segment_frames - 1} "
+    if segment_frames == 1 and total_frames > 1:
+        raise ValueError(f"segment_frames 1 holds no frame besides the carried one; use at least 5 for "
+                         f"{total_frames} frames")
+    # Later segments need at least one new frame; a 1-frame segment is only a plain 1-frame run.
+    most = max(segment_frames - 1, 1)
+    if not isinstance(carry_frames, (int, np.integer)) or not 1 <= carry_frames <= most:
+        raise ValueError(f"carry_frames must be between 1 and segment_frames - 1 = {most} "
                          f"(frames kept from the previous segment), got {carry_frames!r}")
     first_length = min(segment_frames, shortest_valid_length(total_frames))
     segments = [Segment(0, 0, first_length, 0, min(first_length, total_frames), segment_seed(seed, 0))]

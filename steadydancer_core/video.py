@@ -14,11 +14,14 @@ import av
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .errors import UserError
+
 __all__ = [
     "VideoReadError",
     "VideoReadInfo",
     "read_video",
     "write_video",
+    "VideoWriter",
     "read_image",
     "frame_count_for_rule",
     "FRAME_COUNT_RULES",
@@ -27,7 +30,7 @@ __all__ = [
 FRAME_COUNT_RULES = ("4n+1", "any")
 
 
-class VideoReadError(ValueError):
+class VideoReadError(UserError, ValueError):
     """A video or image file could not be used (missing, unreadable, corrupt, empty, no video stream)."""
 
 
@@ -213,6 +216,70 @@ def _as_frame_array(frames: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
     return array
 
 
+class VideoWriter:
+    """An H.264 (yuv420p) mp4 written a batch of RGB uint8 frames at a time, so a long video never has to
+    be held whole. The size is taken from the first batch; yuv420p needs even sizes, so an odd width or
+    height is padded by one replicated edge column/row (never cropped: no content is lost)."""
+
+    def __init__(self, path: str | os.PathLike, fps: float = 16.0, *, crf: int = 18) -> None:
+        if not fps > 0:
+            raise ValueError(f"fps must be positive, got {fps!r}")
+        self.path = Path(path)
+        self.fps = fps
+        self.crf = crf
+        self.frames_written = 0
+        self._container: av.container.OutputContainer | None = None
+        self._stream: av.video.stream.VideoStream | None = None
+        self._frame_hw: tuple[int, int] | None = None
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def write(self, frames: np.ndarray | Sequence[np.ndarray]) -> None:
+        array = _as_frame_array(frames)
+        if self._frame_hw is None:
+            self._open(*array.shape[1:3])
+        elif array.shape[1:3] != self._frame_hw:
+            raise ValueError(f"frames of size {array.shape[1:3]} do not match the video's {self._frame_hw} (HxW)")
+        pad_h, pad_w = array.shape[1] % 2, array.shape[2] % 2
+        if pad_h or pad_w:
+            array = np.pad(array, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+        for image in array:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+        self.frames_written += len(array)
+
+    def _open(self, height: int, width: int) -> None:
+        self._frame_hw = (height, width)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._container = av.open(str(self.path), mode="w")
+        self._stream = self._container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
+        self._stream.width, self._stream.height = width + width % 2, height + height % 2
+        self._stream.pix_fmt = "yuv420p"
+        self._stream.options = {"crf": str(self.crf)}
+
+    def close(self) -> None:
+        """Flush the encoder and finish the file (idempotent; a writer that got no frame writes nothing)."""
+        if self._container is None:
+            return
+        for packet in self._stream.encode():
+            self._container.mux(packet)
+        self._container.close()
+        self._container = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The written (width, height), padded to even sizes."""
+        if self._frame_hw is None:
+            raise ValueError("no frame written yet")
+        height, width = self._frame_hw
+        return width + width % 2, height + height % 2
+
+
 def write_video(
     frames: np.ndarray | Sequence[np.ndarray],
     path: str | os.PathLike,
@@ -220,30 +287,11 @@ def write_video(
     *,
     crf: int = 18,
 ) -> tuple[int, int]:
-    """Write RGB uint8 frames as an H.264 (yuv420p) mp4; returns the written (width, height).
-
-    yuv420p needs even sizes, so an odd width or height is padded by one replicated edge column/row
-    (never cropped: no content is lost).
-    """
+    """Write RGB uint8 frames as an H.264 (yuv420p) mp4 in one go; returns the written (width, height)."""
     array = _as_frame_array(frames)
-    if not fps > 0:
-        raise ValueError(f"fps must be positive, got {fps!r}")
-    pad_h, pad_w = array.shape[1] % 2, array.shape[2] % 2
-    if pad_h or pad_w:
-        array = np.pad(array, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    height, width = array.shape[1:3]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"crf": str(crf)}
-        for image in array:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return width, height
+    with VideoWriter(path, fps, crf=crf) as writer:
+        writer.write(array)
+        return writer.size
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
