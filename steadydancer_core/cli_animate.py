@@ -4,33 +4,45 @@
         --wan-dir models/Wan2.1-I2V-14B-480P-Diffusers --dit models/SteadyDancer-14B --out out.mp4
 
 Every input is checked before a weight is loaded (DESIGN D10); ``--dry-run`` stops after the checks and
-prints the plan. Exit codes: 0 done, 2 bad input or missing weights, 1 failure while running.
+prints the plan. A video longer than ``--segment-frames`` is generated as a chain of segments
+(``segments``), its frames written as each segment finishes. The outputs are written to temporary
+siblings and moved into place only when the run succeeded, so a failed run leaves earlier files as they
+were (D13). Exit codes: 0 done, 2 bad input or missing weights, 1 failure while running.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 
-from .conditioning import nearest_valid_frame_count
+from .atomic_output import atomic_path
 from .encoders import missing_wan_components, missing_weights_message
+from .errors import InputError, OutputError, report_user_errors
+from .frame_sources import Frames, ImageFolderFrames, RenderedPoseFrames
 from .pipeline import (
     DEFAULT_FRAMES,
     DEFAULT_MAX_AREA,
     DEFAULT_NEGATIVE_PROMPT,
     SOLVER_NAMES,
-    RunPlan,
+    LongRunPlan,
+    LongVideoOptions,
     SamplingSettings,
-    make_plan,
+    make_long_plan,
 )
-from .video import VideoReadError, read_image, read_video, write_video
+from .segments import ANCHORS, COLOR_MATCH_MODES, DEFAULT_ANCHOR, DEFAULT_CARRY_FRAMES, DEFAULT_COLOR_MATCH
+from .segments import DEFAULT_SEGMENT_FRAMES, shortest_valid_length
+from .video import VideoReadError, VideoWriter, read_image, read_video
+
+if TYPE_CHECKING:
+    from .model.config import DiTConfig
 
 log = logging.getLogger("steadydancer_core.animate")
 
@@ -41,10 +53,6 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 #: files are not on disk yet (computed from the architectures: umT5-XXL encoder incl. its 256k x 4096
 #: embedding, open-clip ViT-H/14 vision tower, Wan2.1 VAE).
 NOMINAL_PARAMETERS = {"text_encoder": 5_680_000_000, "image_encoder": 632_000_000, "vae": 127_000_000}
-
-
-class InputError(ValueError):
-    """A user input cannot be used; the message says what was expected."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -73,8 +81,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="DiT dtype (default: bf16 on GPU, fp32 on CPU)")
 
     sampling = parser.add_argument_group("sampling")
-    sampling.add_argument("--frames", type=int, default=None,
-                          help=f"output frames, 4n+1 (default: {DEFAULT_FRAMES}, or the most the poses allow)")
+    sampling.add_argument("--frames", default=None,
+                          help=f"output frames: a count (any N >= 1; longer than --segment-frames runs as "
+                               f"segments) or 'all' (every pose frame). Default: {DEFAULT_FRAMES}, or the most "
+                               "4n+1 frames the poses allow")
     size = sampling.add_mutually_exclusive_group()
     size.add_argument("--size", help="exact output size WxH, multiples of 16 (e.g. 832x480)")
     size.add_argument("--max-area", type=int, default=None,
@@ -95,6 +105,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     sampling.add_argument("--decoded-first-frame", action="store_true",
                           help="keep the VAE-decoded frame 0 instead of the exact resized reference")
 
+    long = parser.add_argument_group("long videos (segments)")
+    long.add_argument("--segment-frames", type=int, default=DEFAULT_SEGMENT_FRAMES,
+                      help="frames per segment, 4n+1 (81 = what the model was trained on)")
+    long.add_argument("--carry-frames", type=int, default=DEFAULT_CARRY_FRAMES,
+                      help="last output frames of a segment kept as the next segment's first frames")
+    long.add_argument("--anchor", choices=ANCHORS, default=DEFAULT_ANCHOR,
+                      help="identity anchor of later segments: reference = ref tokens and CLIP of the reference "
+                           "in every segment; segment = each segment's own first frame and pose")
+    long.add_argument("--color-match", choices=COLOR_MATCH_MODES, default=DEFAULT_COLOR_MATCH,
+                      help="histogram-match each later segment to the reference or the previous segment")
+
     parser.add_argument("--dry-run", action="store_true", help="check every input and print the plan; load nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -106,19 +127,15 @@ def _natural_key(path: Path) -> list[object]:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
 
 
-def load_frames(source: str, what: str, max_frames: int | None = None) -> np.ndarray:
-    """uint8 [N, H, W, 3] from a folder of images (natural order, one size) or a video at 16 fps."""
+def load_frames(source: str, what: str, max_frames: int | None = None) -> Frames:
+    """Frames uint8 [N, H, W, 3] from a folder of images (natural order, one size; read when a segment needs
+    them) or a video at 16 fps (decoded now, at most ``max_frames``)."""
     path = Path(source)
     if path.is_dir():
         files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
         if not files:
             raise InputError(f"{what} folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        files = files[:max_frames]
-        frames = [read_image(f) for f in files]
-        sizes = {f.shape for f in frames}
-        if len(sizes) > 1:
-            raise InputError(f"{what} images in {path} have different sizes {sorted(sizes)}; expected one size")
-        return np.stack(frames)
+        return ImageFolderFrames(files[:max_frames], f"{what} {path}")
     if not path.exists():
         raise InputError(f"{what} not found: {path} (expected a folder of images or a video file)")
     frames, info = read_video(path, fps=OUTPUT_FPS, frame_count_rule="any")
@@ -127,11 +144,12 @@ def load_frames(source: str, what: str, max_frames: int | None = None) -> np.nda
 
 
 def load_pose_keypoints(source: str, reference_hw: tuple[int, int], seed: int,
-                        max_frames: int | None, with_negative: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Render keypoint poses on the reference canvas and, if asked, their seeded negative (official augmentation)."""
+                        max_frames: int | None, with_negative: bool) -> tuple[Frames, Frames | None]:
+    """Keypoint poses rendered on the reference canvas when a segment needs them and, if asked, their seeded
+    negative (official augmentation, drawn for all frames at once so a segment's draws do not depend on
+    where it starts)."""
     from .pose.keypoints import load_pose_json
     from .pose.negative import negative_poses
-    from .pose.render import render_frames
 
     try:
         frames = load_pose_json(source)[:max_frames]
@@ -140,26 +158,36 @@ def load_pose_keypoints(source: str, reference_hw: tuple[int, int], seed: int,
     if not frames:
         raise InputError(f"--poses {source} holds no frames")
     height, width = reference_hw
-    positive = render_frames(frames, width, height)
-    negative = render_frames(negative_poses(frames, seed)[0], width, height) if with_negative else None
+    positive = RenderedPoseFrames(frames, width, height)
+    negative = RenderedPoseFrames(negative_poses(frames, seed)[0], width, height) if with_negative else None
     return positive, negative
 
 
-def choose_frames(requested: int | None, available: int) -> int:
-    """The output frame count: the requested 4n+1 count, or the most the poses allow (at most 81)."""
+def parse_frames(text: str | None) -> int | str | None:
+    """``--frames``: None (default), ``"all"`` or a positive count."""
+    if text is None or text == "all":
+        return text
+    try:
+        count = int(text)
+    except ValueError:
+        raise InputError(f"--frames must be a frame count or 'all'; got {text!r}") from None
+    if count < 1:
+        raise InputError(f"--frames must be a positive frame count or 'all'; got {count}")
+    return count
+
+
+def choose_frames(requested: int | str | None, available: int) -> int:
+    """The output frame count: the requested count, every pose frame (``all``), or by default the most 4n+1
+    frames the poses allow, at most 81 (one plain run, as the official code)."""
+    if available < 1:
+        raise InputError("no pose frames given")
+    if requested == "all":
+        return available
     if requested is not None:
-        if requested < 1:
-            raise InputError(f"--frames must be a positive 4n+1 count (1, 5, ..., 81); got {requested}")
-        if (requested - 1) % 4:
-            raise InputError(f"--frames must be 4n+1 (the Wan VAE packs 1 + 4k frames); got {requested}, "
-                             f"nearest valid: {nearest_valid_frame_count(requested)}")
         if available < requested:
             raise InputError(f"--frames {requested} needs {requested} pose frames but only {available} are given")
         return requested
-    frames = (min(available, DEFAULT_FRAMES) - 1) // 4 * 4 + 1
-    if frames < 1:
-        raise InputError("no pose frames given")
-    return frames
+    return (min(available, DEFAULT_FRAMES) - 1) // 4 * 4 + 1
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -181,10 +209,11 @@ class Job:
     """Validated inputs of one run."""
 
     reference: np.ndarray
-    poses: np.ndarray
-    negative_poses: np.ndarray | None
+    poses: Frames
+    negative_poses: Frames | None
     settings: SamplingSettings
-    plan: RunPlan
+    options: LongVideoOptions
+    plan: LongRunPlan
     video_path: Path
     frame0_path: Path
     device: torch.device
@@ -194,11 +223,8 @@ class Job:
 def prepare(args: argparse.Namespace) -> Job:
     """All checks that need no weights; raises :class:`InputError` with what was expected."""
     video_path, frame0_path = output_paths(args.out)
-    for existing in (video_path, frame0_path):
-        if existing.exists() and not args.overwrite:
-            raise InputError(f"{existing} exists; pass --overwrite to replace it")
-    if video_path.parent.exists() and not video_path.parent.is_dir():
-        raise InputError(f"output folder {video_path.parent} is not a folder")
+    check_outputs((video_path, frame0_path), args.overwrite)
+    device = parse_device(args.device)
     if args.steps < 1:
         raise InputError(f"--steps must be >= 1; got {args.steps}")
     start, end = args.pose_window
@@ -211,8 +237,9 @@ def prepare(args: argparse.Namespace) -> Job:
         reference = read_image(args.image)
     except VideoReadError as err:
         raise InputError(f"--image: {err}") from err
+    requested = parse_frames(args.frames)
     # Never decode more frames than the run can use (a long driving video would otherwise be read whole).
-    limit = args.frames if args.frames is not None and args.frames > 0 else DEFAULT_FRAMES
+    limit = None if requested == "all" else requested or DEFAULT_FRAMES
     try:
         negative = load_frames(args.negative_poses, "--negative-poses", limit) if args.negative_poses else None
         if Path(args.poses).suffix.lower() == ".json":
@@ -224,27 +251,58 @@ def prepare(args: argparse.Namespace) -> Job:
     except VideoReadError as err:
         raise InputError(str(err)) from err
     available = len(poses) if negative is None else min(len(poses), len(negative))
-    if negative is not None and len(negative) < len(poses) and args.frames is None:
+    if negative is not None and len(negative) < len(poses) and requested in (None, "all"):
         log.info("using %d frames: the negative poses are shorter than the poses", len(negative))
-    frames = choose_frames(args.frames, available)
+    frames = choose_frames(requested, available)
 
     try:
+        options = LongVideoOptions(segment_frames=args.segment_frames, carry_frames=args.carry_frames,
+                                   anchor=args.anchor, color_match=args.color_match)
         settings = SamplingSettings(
-            frames=frames, max_area=args.max_area or DEFAULT_MAX_AREA,
+            frames=shortest_valid_length(min(frames, args.segment_frames)), max_area=args.max_area or DEFAULT_MAX_AREA,
             size=parse_size(args.size) if args.size else None, steps=args.steps, shift=args.shift,
             solver=args.solver, w_text=args.w_text, w_pose=args.w_pose, pose_window=(start, end), seed=args.seed,
             pose_strength_spatial=args.pose_strength_spatial, pose_strength_temporal=args.pose_strength_temporal,
             batch_conditions=not args.sequential_conditions)
-        plan = make_plan(reference.shape[:2], settings, pose_guidance=negative is not None)
+        plan = make_long_plan(reference.shape[:2], settings, frames, options, pose_guidance=negative is not None)
     except ValueError as err:
         raise InputError(str(err)) from err
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {device} requested but CUDA is not available")
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    return Job(reference, poses[:frames], None if negative is None else negative[:frames], settings, plan,
-               video_path, frame0_path, device, dtype)
+    return Job(reference, poses, negative, settings, options, plan, video_path, frame0_path, device, dtype)
+
+
+def check_outputs(paths: Sequence[Path], overwrite: bool) -> None:
+    """Every output can be written: not an existing file without --overwrite, not a folder, in a folder."""
+    for path in paths:
+        if path.is_dir():
+            raise OutputError(f"output {path} is a folder; expected a file path")
+        if path.exists() and not overwrite:
+            raise OutputError(f"{path} exists; pass --overwrite to replace it (only after a successful run)")
+        folder = next(parent for parent in path.parents if parent.exists())
+        if not folder.is_dir():
+            raise OutputError(f"output folder {folder} is a file; expected a folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputError(f"output folder {folder} is not writable")
+
+
+def parse_device(text: str | None) -> torch.device:
+    """``--device``: a device torch knows and this machine has (cuda when no GPU is said plainly)."""
+    if text is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise InputError(f"--device {text!r} is not a device; expected cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {text}: CUDA is not available on this machine (no GPU or a CPU-only "
+                             "torch build); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise InputError(f"--device {text}: only cpu and cuda are supported")
+    return device
 
 
 def missing_weights(args: argparse.Namespace) -> str | None:
@@ -260,17 +318,24 @@ def missing_weights(args: argparse.Namespace) -> str | None:
     return None
 
 
+def check_dit_header(args: argparse.Namespace) -> "DiTConfig | None":
+    """The --dit checkpoint's config from its header (None when there is no --dit file yet)."""
+    from .model.checkpoint import read_checkpoint_config
+    from .model.checkpoint_errors import CheckpointError
+
+    if not args.dit or not Path(args.dit).exists():
+        return None
+    try:
+        return read_checkpoint_config(args.dit)
+    except CheckpointError as err:
+        raise InputError(f"--dit: {err}") from err
+
+
 def check_compatible(args: argparse.Namespace) -> None:
     """The DiT checkpoint is SteadyDancer and its widths fit the VAE, T5 and CLIP (headers/configs only)."""
     import json
 
-    from .model.checkpoint import read_checkpoint_config
-    from .model.checkpoint_errors import CheckpointError
-
-    try:
-        config = read_checkpoint_config(args.dit)
-    except CheckpointError as err:
-        raise InputError(f"--dit: {err}") from err
+    config = check_dit_header(args)
     root = Path(args.wan_dir)
     widths = (("text_encoder", "d_model", config.text_dim, "text_dim"),
               ("image_encoder", "hidden_size", config.clip_dim, "clip_dim"),
@@ -303,7 +368,7 @@ def _dit_parameters(dit: str | None) -> tuple[int, str]:
     from .model.checkpoint import read_checkpoint_config
 
     config, origin = OFFICIAL_14B, "nominal 14B"
-    if dit and Path(dit).exists():
+    if dit and Path(dit).exists():  # its header was checked by check_dit_header
         config, origin = read_checkpoint_config(dit), "from checkpoint header"
     model = SteadyDancerDiT(config, device="meta")  # shapes only, no memory
     return sum(p.numel() for p in model.parameters()), origin
@@ -336,18 +401,16 @@ def memory_lines(args: argparse.Namespace, job: Job) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        job = prepare(args)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return report_user_errors(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    job = prepare(args)
     missing = missing_weights(args)
-    if not missing:
-        try:
-            check_compatible(args)
-        except InputError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+    if missing:
+        check_dit_header(args)  # a wrong --dit is said even while other weights are missing
+    else:
+        check_compatible(args)
 
     if args.dry_run:
         print("plan (dry run, no weights loaded):")
@@ -372,19 +435,26 @@ def run(args: argparse.Namespace) -> int:
     for line in job.plan.describe():
         log.info(line)
 
+    from PIL import Image
+
     from .pipeline import SteadyDancerPipeline
 
     pipeline = SteadyDancerPipeline(args.wan_dir, args.dit, device=job.device, dit_dtype=job.dtype,
                                     text_dtype=torch.bfloat16 if job.device.type == "cuda" else torch.float32,
                                     clip_dtype=torch.float16 if job.device.type == "cuda" else torch.float32)
-    frames = pipeline(job.reference, job.poses, args.prompt, negative_poses=job.negative_poses,
-                      negative_prompt=args.negative_prompt, settings=job.settings,
-                      exact_first_frame=not args.decoded_first_frame, progress=not args.no_progress)
-    write_video(frames, job.video_path, fps=OUTPUT_FPS)
-    from PIL import Image
+    # Both files appear together, and only when the whole video was generated.
+    with atomic_path(job.video_path) as video_tmp, atomic_path(job.frame0_path) as frame0_tmp:
+        with VideoWriter(video_tmp, fps=OUTPUT_FPS) as writer:
+            def emit(frames: np.ndarray) -> None:
+                if writer.frames_written == 0:
+                    Image.fromarray(frames[0]).save(frame0_tmp, format="PNG")
+                writer.write(frames)
 
-    Image.fromarray(frames[0]).save(job.frame0_path)
-    log.info("wrote %s (%d frames) and %s", job.video_path, len(frames), job.frame0_path)
+            pipeline.generate(job.reference, job.poses, args.prompt, total_frames=job.plan.segments.total_frames,
+                              emit=emit, negative_poses=job.negative_poses, negative_prompt=args.negative_prompt,
+                              settings=job.settings, options=job.options,
+                              exact_first_frame=not args.decoded_first_frame, progress=not args.no_progress)
+    log.info("wrote %s (%d frames) and %s", job.video_path, writer.frames_written, job.frame0_path)
     return 0
 
 

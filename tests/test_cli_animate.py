@@ -126,9 +126,14 @@ def test_dry_run_prints_plan_and_loads_nothing(assets, tmp_path, monkeypatch, ca
 
 
 @pytest.mark.parametrize("extra, message", [
-    (("--frames", "6"), "nearest valid: 5"),
-    (("--frames", "0"), "positive 4n+1"),
+    (("--frames", "six"), "frame count or 'all'"),
+    (("--frames", "0"), "positive frame count"),
     (("--frames", "13"), "only 9"),
+    (("--segment-frames", "8"), "nearest valid: 9"),
+    (("--frames", "9", "--segment-frames", "5", "--carry-frames", "5"), "carry_frames must be between 1 and"),
+    (("--device", "gpu"), "'gpu' is not a device; expected cpu, cuda or cuda:N"),
+    pytest.param(("--device", "cuda"), "CUDA is not available", marks=pytest.mark.skipif(
+        __import__("torch").cuda.is_available(), reason="this machine has CUDA")),
     (("--size", "50x32"), "multiples of 16"),
     (("--pose-window", "0.5", "0.2"), "pose-window"),
     (("--steps", "0"), "steps"),
