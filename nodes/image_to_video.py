@@ -52,6 +52,147 @@ def negative_pose_frames(keypoints: list, length: int, width: int, height: int, 
     return torch.from_numpy(pose_render.render_frames(perturbed, width, height)).float() / 255.0
 
 
+def check_sources(node_name: str, reference_image: torch.Tensor, pose_images: torch.Tensor, length: int,
+                  width: int, height: int, clip_vision_reference: Any, clip_vision_first_pose: Any,
+                  negative_pose_images: torch.Tensor | None, pose_keypoints: list | None,
+                  negative_pose_seed: int) -> torch.Tensor | None:
+    """Checks of the inputs of a ``length``-frame video, before any VAE call (D10). Returns the negative pose
+    images: the given ones, made from ``pose_keypoints`` when absent, or None (pose term off, warned)."""
+    check_frames("reference_image", reference_image, 1)
+    check_frames("pose_images", pose_images, length)
+    if negative_pose_images is None and pose_keypoints is not None:
+        negative_pose_images = negative_pose_frames(pose_keypoints, length, width, height, negative_pose_seed)
+    if negative_pose_images is not None:
+        check_frames("negative_pose_images", negative_pose_images, length)
+    for name, clip_out in (("clip_vision_reference", clip_vision_reference),
+                           ("clip_vision_first_pose", clip_vision_first_pose)):
+        if getattr(clip_out, "penultimate_hidden_states", None) is None:
+            raise ValueError(f"{name} has no penultimate hidden states: connect a 'CLIP Vision Encode' "
+                             "output of clip_vision_h")
+    if negative_pose_images is None:
+        logging.warning(f"{node_name}: neither negative pose images nor pose keypoints given, the pose term of "
+                        "DC-CFG is switched off (connect 'SteadyDancer Pose Pipeline' to enable it)")
+    return negative_pose_images
+
+
+def keep_mask(num_frames: int, kept_frames: int, latent_height: int, latent_width: int,
+              like: torch.Tensor) -> torch.Tensor:
+    """ComfyUI's ``concat_mask`` (0 = keep, 1 = generate; WAN21.concat_cond inverts it) from the core's I2V
+    keep mask, ``[1, 4, T, h, w]``, or ``[1, 1, T, h, w]`` when the four channels agree (whole latent frames
+    kept, e.g. the one kept frame of a plain run): the layout core ``WanImageToVideo`` writes, which
+    ``concat_cond`` repeats onto the four channels."""
+    mask = 1.0 - conditioning.i2v_mask(num_frames, latent_height, latent_width, kept_frames=kept_frames,
+                                       dtype=like.dtype, device=like.device)[None]
+    return mask[:, :1].clone() if bool((mask == mask[:, :1]).all()) else mask
+
+
+def build_conditionings(positive: list, negative: list, vae: Any, kept_frames: torch.Tensor,
+                        pose_frames: torch.Tensor, negative_pose_frames: torch.Tensor | None,
+                        clip_vision_reference: Any, clip_vision_first_pose: Any, width: int, height: int,
+                        pose_strength_spatial: float, pose_strength_temporal: float, *,
+                        ref_image_latent: torch.Tensor | None = None, ref_pose_latent: torch.Tensor | None = None,
+                        ) -> tuple[list, list, list, dict]:
+    """The three DC-CFG conditionings and the empty latent of one I2V run of ``len(pose_frames)`` frames.
+
+    ``kept_frames`` (IMAGE ``[C, H, W, 3]``) are the clip's given first frames: the reference of a plain run,
+    the carried tail of the previous segment in a long video. ``ref_image_latent`` / ``ref_pose_latent``
+    (``ref_x`` / ``ref_c``) default to frame 0 of the clip and pose latents, the training pairing; a long
+    video passes the anchor's latents instead. Inputs are checked by the caller; frames are resized here.
+    """
+    length = pose_frames.shape[0]
+    latent_frames = conditioning.latent_frame_count(length)
+    # The kept frames first, the rest mid-grey (0 in [-1, 1]), as the official I2V input.
+    kept = resize_frames(kept_frames, width, height)
+    clip = torch.full((length, height, width, 3), 0.5, dtype=kept.dtype, device=kept.device)
+    clip[:kept.shape[0]] = kept
+    image_latent = vae.encode(clip)
+    mask = keep_mask(length, kept.shape[0], image_latent.shape[-2], image_latent.shape[-1], image_latent)
+    # The causal VAE encodes frame 0 alone, so its latent is the first kept frame's own latent (ref_x).
+    if ref_image_latent is None:
+        ref_image_latent = image_latent[:, :, :1]
+
+    pose_latent = vae.encode(resize_frames(pose_frames, width, height))
+    if ref_pose_latent is None:
+        ref_pose_latent = pose_latent[:, :, :1]
+
+    shared = {
+        "concat_latent_image": image_latent,
+        "concat_mask": mask,
+        "clip_vision_output": clip_vision_reference,
+        cond_keys.POSE_CLIP_VISION_OUTPUT: clip_vision_first_pose,
+        cond_keys.REF_IMAGE_LATENT: ref_image_latent,
+        cond_keys.REF_POSE_LATENT: ref_pose_latent,
+        cond_keys.POSE_STRENGTH_SPATIAL: pose_strength_spatial,
+        cond_keys.POSE_STRENGTH_TEMPORAL: pose_strength_temporal,
+    }
+    out_positive = node_helpers.conditioning_set_values(positive, {**shared, cond_keys.POSE_LATENT: pose_latent})
+    out_negative = node_helpers.conditioning_set_values(negative, {**shared, cond_keys.POSE_LATENT: pose_latent})
+    if negative_pose_frames is not None:
+        negative_pose_latent = vae.encode(resize_frames(negative_pose_frames, width, height))
+        # Positive text with the perturbed poses; ref_c stays the positive first pose (official).
+        out_negative_pose = node_helpers.conditioning_set_values(
+            positive, {**shared, cond_keys.POSE_LATENT: negative_pose_latent})
+    else:
+        out_negative_pose = []  # the guider then runs without the pose term (the caller warned once)
+
+    latent = torch.zeros([1, 16, latent_frames, height // 8, width // 8],
+                         device=comfy.model_management.intermediate_device())
+    return out_positive, out_negative, out_negative_pose, {"samples": latent}
+
+
+# ---- inputs shared with 'SteadyDancer Long Video' -------------------------------------------------
+
+def source_inputs() -> list:
+    """Text conditionings, VAE, reference, poses and the two CLIP vision outputs."""
+    return [
+        io.Conditioning.Input("positive", tooltip="Text conditioning of the prompt (T5)."),
+        io.Conditioning.Input("negative", tooltip="Text conditioning of the negative prompt (T5)."),
+        io.Vae.Input("vae", tooltip="The Wan2.1 VAE (wan_2.1_vae.safetensors)."),
+        io.Image.Input("reference_image", tooltip="The image to animate; it becomes frame 0 exactly. "
+                       "Only the first image of a batch is used."),
+        io.Image.Input("pose_images", tooltip="Rendered driving poses, one per output frame "
+                       "(aligned to the reference, e.g. from 'SteadyDancer Pose Pipeline')."),
+        io.ClipVisionOutput.Input("clip_vision_reference",
+                                  tooltip="CLIP Vision Encode of the reference image (crop: none)."),
+        io.ClipVisionOutput.Input("clip_vision_first_pose",
+                                  tooltip="CLIP Vision Encode of the first pose image (crop: none)."),
+    ]
+
+
+def size_inputs() -> list:
+    return [
+        io.Int.Input("width", default=832, min=16, max=comfy_nodes.MAX_RESOLUTION, step=16,
+                     tooltip="Output width in pixels (multiple of 16)."),
+        io.Int.Input("height", default=480, min=16, max=comfy_nodes.MAX_RESOLUTION, step=16,
+                     tooltip="Output height in pixels (multiple of 16)."),
+    ]
+
+
+def pose_strength_inputs() -> list:
+    """The pose-branch scales and the seed of generated negative poses."""
+    return [
+        io.Float.Input("pose_strength_spatial", default=1.0, min=0.0, max=10.0, step=0.01,
+                       tooltip="Scale of the spatial pose-branch output (1.0 = as trained)."),
+        io.Float.Input("pose_strength_temporal", default=1.0, min=0.0, max=10.0, step=0.01,
+                       tooltip="Scale of the temporal pose-branch output (1.0 = as trained)."),
+        io.Int.Input("negative_pose_seed", default=0, min=0, max=0xffffffffffffffff,
+                     tooltip="Seed of the negative-pose augmentation when it is made here from "
+                             "pose_keypoints (unused when negative_pose_images are given)."),
+    ]
+
+
+def negative_pose_inputs() -> list:
+    return [
+        io.Image.Input("negative_pose_images", optional=True,
+                       tooltip="Perturbed poses for the pose term of DC-CFG (e.g. from 'SteadyDancer "
+                               "Pose Pipeline'). Without them and without keypoints the pose term is off."),
+        io.Custom("POSE_KEYPOINT").Input(
+            "pose_keypoints", optional=True,
+            tooltip="Keypoints of the positive poses: when negative_pose_images are absent, the negative "
+                    "poses are generated from them (official augmentation, negative_pose_seed)."),
+    ]
+
+
 class SteadyDancerImageToVideo(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -62,39 +203,10 @@ class SteadyDancerImageToVideo(io.ComfyNode):
             description="Conditionings for SteadyDancer: the reference image is kept as frame 0 and animated "
                         "with the pose images. Outputs positive, negative (text) and negative-pose conditionings "
                         "for the DC-CFG guider, and the empty video latent.",
-            inputs=[
-                io.Conditioning.Input("positive", tooltip="Text conditioning of the prompt (T5)."),
-                io.Conditioning.Input("negative", tooltip="Text conditioning of the negative prompt (T5)."),
-                io.Vae.Input("vae", tooltip="The Wan2.1 VAE (wan_2.1_vae.safetensors)."),
-                io.Image.Input("reference_image", tooltip="The image to animate; it becomes frame 0 exactly. "
-                               "Only the first image of a batch is used."),
-                io.Image.Input("pose_images", tooltip="Rendered driving poses, one per output frame "
-                               "(aligned to the reference, e.g. from 'SteadyDancer Pose Pipeline')."),
-                io.ClipVisionOutput.Input("clip_vision_reference",
-                                          tooltip="CLIP Vision Encode of the reference image (crop: none)."),
-                io.ClipVisionOutput.Input("clip_vision_first_pose",
-                                          tooltip="CLIP Vision Encode of the first pose image (crop: none)."),
-                io.Int.Input("width", default=832, min=16, max=comfy_nodes.MAX_RESOLUTION, step=16,
-                             tooltip="Output width in pixels (multiple of 16)."),
-                io.Int.Input("height", default=480, min=16, max=comfy_nodes.MAX_RESOLUTION, step=16,
-                             tooltip="Output height in pixels (multiple of 16)."),
+            inputs=source_inputs() + size_inputs() + [
                 io.Int.Input("length", default=81, min=1, max=comfy_nodes.MAX_RESOLUTION, step=4,
                              tooltip="Number of output frames, 4n+1 (81 = 5 s at 16 fps)."),
-                io.Float.Input("pose_strength_spatial", default=1.0, min=0.0, max=10.0, step=0.01,
-                               tooltip="Scale of the spatial pose-branch output (1.0 = as trained)."),
-                io.Float.Input("pose_strength_temporal", default=1.0, min=0.0, max=10.0, step=0.01,
-                               tooltip="Scale of the temporal pose-branch output (1.0 = as trained)."),
-                io.Int.Input("negative_pose_seed", default=0, min=0, max=0xffffffffffffffff,
-                             tooltip="Seed of the negative-pose augmentation when it is made here from "
-                                     "pose_keypoints (unused when negative_pose_images are given)."),
-                io.Image.Input("negative_pose_images", optional=True,
-                               tooltip="Perturbed poses for the pose term of DC-CFG (e.g. from 'SteadyDancer "
-                                       "Pose Pipeline'). Without them and without keypoints the pose term is off."),
-                io.Custom("POSE_KEYPOINT").Input(
-                    "pose_keypoints", optional=True,
-                    tooltip="Keypoints of the positive poses: when negative_pose_images are absent, the negative "
-                            "poses are generated from them (official augmentation, negative_pose_seed)."),
-            ],
+            ] + pose_strength_inputs() + negative_pose_inputs(),
             outputs=[
                 io.Conditioning.Output(display_name="positive"),
                 io.Conditioning.Output(display_name="negative"),
@@ -112,57 +224,11 @@ class SteadyDancerImageToVideo(io.ComfyNode):
         # Every check before the first VAE call (D10).
         conditioning.validate_size(height, width)
         conditioning.validate_frame_count(length)
-        check_frames("reference_image", reference_image, 1)
-        check_frames("pose_images", pose_images, length)
-        if negative_pose_images is None and pose_keypoints is not None:
-            negative_pose_images = negative_pose_frames(pose_keypoints, length, width, height, negative_pose_seed)
-        if negative_pose_images is not None:
-            check_frames("negative_pose_images", negative_pose_images, length)
-        for name, clip_out in (("clip_vision_reference", clip_vision_reference),
-                               ("clip_vision_first_pose", clip_vision_first_pose)):
-            if getattr(clip_out, "penultimate_hidden_states", None) is None:
-                raise ValueError(f"{name} has no penultimate hidden states: connect a 'CLIP Vision Encode' "
-                                 "output of clip_vision_h")
-
-        latent_frames = conditioning.latent_frame_count(length)
-        # Frame 0 = reference, the rest mid-grey (0 in [-1, 1]), as the official I2V input.
-        reference = resize_frames(reference_image[:1], width, height)
-        clip = torch.full((length, height, width, 3), 0.5, dtype=reference.dtype, device=reference.device)
-        clip[:1] = reference
-        image_latent = vae.encode(clip)
-        # 0 = keep, 1 = generate; the model wrapper inverts it (WAN21.concat_cond).
-        mask = torch.ones((1, 1, latent_frames, image_latent.shape[-2], image_latent.shape[-1]),
-                          dtype=image_latent.dtype, device=image_latent.device)
-        mask[:, :, :1] = 0.0
-        # The causal VAE encodes frame 0 alone, so its latent is the reference's own latent (ref_x).
-        ref_image_latent = image_latent[:, :, :1]
-
-        pose_latent = vae.encode(resize_frames(pose_images[:length], width, height))
-        ref_pose_latent = pose_latent[:, :, :1]
-
-        shared = {
-            "concat_latent_image": image_latent,
-            "concat_mask": mask,
-            "clip_vision_output": clip_vision_reference,
-            cond_keys.POSE_CLIP_VISION_OUTPUT: clip_vision_first_pose,
-            cond_keys.REF_IMAGE_LATENT: ref_image_latent,
-            cond_keys.REF_POSE_LATENT: ref_pose_latent,
-            cond_keys.POSE_STRENGTH_SPATIAL: pose_strength_spatial,
-            cond_keys.POSE_STRENGTH_TEMPORAL: pose_strength_temporal,
-        }
-        out_positive = node_helpers.conditioning_set_values(positive, {**shared, cond_keys.POSE_LATENT: pose_latent})
-        out_negative = node_helpers.conditioning_set_values(negative, {**shared, cond_keys.POSE_LATENT: pose_latent})
-        if negative_pose_images is not None:
-            negative_pose_latent = vae.encode(resize_frames(negative_pose_images[:length], width, height))
-            # Positive text with the perturbed poses; ref_c stays the positive first pose (official).
-            out_negative_pose = node_helpers.conditioning_set_values(
-                positive, {**shared, cond_keys.POSE_LATENT: negative_pose_latent})
-        else:
-            logging.warning("SteadyDancer Image To Video: neither negative pose images nor pose keypoints given, "
-                            "the pose term of DC-CFG is switched off (connect 'SteadyDancer Pose Pipeline' to "
-                            "enable it)")
-            out_negative_pose = []
-
-        latent = torch.zeros([1, 16, latent_frames, height // 8, width // 8],
-                             device=comfy.model_management.intermediate_device())
-        return io.NodeOutput(out_positive, out_negative, out_negative_pose, {"samples": latent})
+        negative_pose_images = check_sources(
+            "SteadyDancer Image To Video", reference_image, pose_images, length, width, height,
+            clip_vision_reference, clip_vision_first_pose, negative_pose_images, pose_keypoints, negative_pose_seed)
+        return io.NodeOutput(*build_conditionings(
+            positive, negative, vae, reference_image[:1], pose_images[:length],
+            None if negative_pose_images is None else negative_pose_images[:length],
+            clip_vision_reference, clip_vision_first_pose, width, height,
+            pose_strength_spatial, pose_strength_temporal))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -252,6 +252,67 @@ class SteadyDancerOfficialSampler(io.ComfyNode):
         return io.NodeOutput(sampler_for(OFFICIAL_SAMPLER))
 
 
+#: ComfyUI's sampler callback: (step, x0, x, total_steps), as latent_preview.prepare_callback makes it.
+SamplerCallback = Callable[[int, torch.Tensor, torch.Tensor, int], None]
+
+
+def sample_dc_cfg(model: Any, seed: int, steps: int, text_cfg: float, pose_cfg: float, pose_start: float,
+                  pose_end: float, formula: str, sampler_name: str, scheduler: str, positive: list, negative: list,
+                  negative_pose: list, latent_image: dict, denoise: float = 1.0,
+                  callback: SamplerCallback | None = None, *, node_name: str) -> dict:
+    """DC-CFG sampling of one latent: the schedule (official grid or a ComfyUI scheduler), the guider and the
+    sampler, as 'SteadyDancer KSampler' runs it; shared with 'SteadyDancer Long Video' (one per segment).
+
+    ``callback`` defaults to ComfyUI's progress bar + latent preview over these ``steps``.
+    """
+    total = int(steps / denoise)
+    if scheduler == OFFICIAL_SCHEDULER:
+        official = schedule.official_unipc_schedule(total, model_shift(model))
+        sigmas = official.sigmas[-(steps + 1):]
+        model = with_official_timesteps(model, official)
+    else:
+        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler,
+                                                 total).cpu()[-(steps + 1):]
+    guider = make_guider(model, positive, negative, negative_pose, text_cfg, pose_cfg, pose_start, pose_end,
+                         node_name, formula)
+    latent = latent_image.copy()
+    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    latent["samples"] = samples
+    noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
+    if callback is None:
+        callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1)
+    out = guider.sample(noise, samples, sampler_for(sampler_name), sigmas,
+                        denoise_mask=latent.get("noise_mask"), callback=callback,
+                        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+    latent["samples"] = out.to(comfy.model_management.intermediate_device())
+    return latent
+
+
+def model_input() -> io.Model.Input:
+    return io.Model.Input("model", tooltip="A SteadyDancer model (Load Diffusion Model, optionally "
+                          "through ModelSamplingSD3 / LoRA loaders).")
+
+
+def sampling_inputs(seed_tooltip: str) -> list:
+    """seed, steps, the DC-CFG settings, sampler and scheduler: the widgets of every SteadyDancer sampler node."""
+    return [
+        io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
+                     tooltip=seed_tooltip),
+        io.Int.Input("steps", default=schedule.DEFAULT_STEPS, min=1, max=10000,
+                     tooltip="Sampling steps (official 40; 4 with a distilled LoRA)."),
+    ] + guidance_inputs() + [
+        io.Combo.Input("sampler_name", options=[OFFICIAL_SAMPLER] + list(comfy.samplers.SAMPLER_NAMES),
+                       default=OFFICIAL_SAMPLER,
+                       tooltip="steadydancer_unipc = the official FlowUniPC (bh2, order 2); or any "
+                               "ComfyUI sampler."),
+        io.Combo.Input("scheduler", options=[OFFICIAL_SCHEDULER] + list(comfy.samplers.SCHEDULER_NAMES),
+                       default=OFFICIAL_SCHEDULER,
+                       tooltip="steadydancer_official = the authors' sigma grid with the model's shift, "
+                               "integer timesteps and pure-noise start as in the official code; "
+                               "or any ComfyUI scheduler."),
+    ]
+
+
 class SteadyDancerKSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -260,24 +321,7 @@ class SteadyDancerKSampler(io.ComfyNode):
             display_name="SteadyDancer KSampler",
             category=CATEGORY,
             description="All-in-one DC-CFG sampler for SteadyDancer (the guider + a sampler + a schedule).",
-            inputs=[
-                io.Model.Input("model", tooltip="A SteadyDancer model (Load Diffusion Model, optionally "
-                               "through ModelSamplingSD3 / LoRA loaders)."),
-                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
-                             tooltip="Seed of the initial noise."),
-                io.Int.Input("steps", default=schedule.DEFAULT_STEPS, min=1, max=10000,
-                             tooltip="Sampling steps (official 40; 4 with a distilled LoRA)."),
-            ] + guidance_inputs() + [
-                io.Combo.Input("sampler_name", options=[OFFICIAL_SAMPLER] + list(comfy.samplers.SAMPLER_NAMES),
-                               default=OFFICIAL_SAMPLER,
-                               tooltip="steadydancer_unipc = the official FlowUniPC (bh2, order 2); or any "
-                                       "ComfyUI sampler."),
-                io.Combo.Input("scheduler", options=[OFFICIAL_SCHEDULER] + list(comfy.samplers.SCHEDULER_NAMES),
-                               default=OFFICIAL_SCHEDULER,
-                               tooltip="steadydancer_official = the authors' sigma grid with the model's shift, "
-                                       "integer timesteps and pure-noise start as in the official code; "
-                                       "or any ComfyUI scheduler."),
-            ] + conditioning_inputs() + [
+            inputs=[model_input()] + sampling_inputs("Seed of the initial noise.") + conditioning_inputs() + [
                 io.Latent.Input("latent_image", tooltip="Latent output of 'SteadyDancer Image To Video'."),
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Fraction of the schedule to run (1.0 = from pure noise)."),
@@ -293,24 +337,6 @@ class SteadyDancerKSampler(io.ComfyNode):
         require_steadydancer_model(model, "SteadyDancer KSampler")
         if denoise == 0.0:
             return io.NodeOutput(latent_image)
-        if scheduler == OFFICIAL_SCHEDULER:
-            total = int(steps / denoise)
-            official = schedule.official_unipc_schedule(total, model_shift(model))
-            sigmas = official.sigmas[-(steps + 1):]
-            model = with_official_timesteps(model, official)
-        else:
-            total = int(steps / denoise)
-            sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler,
-                                                     total).cpu()[-(steps + 1):]
-        guider = make_guider(model, positive, negative, negative_pose, text_cfg, pose_cfg, pose_start, pose_end,
-                             "SteadyDancer KSampler", formula)
-        latent = latent_image.copy()
-        samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
-        latent["samples"] = samples
-        noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
-        callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1)
-        out = guider.sample(noise, samples, sampler_for(sampler_name), sigmas,
-                            denoise_mask=latent.get("noise_mask"), callback=callback,
-                            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
-        latent["samples"] = out.to(comfy.model_management.intermediate_device())
-        return io.NodeOutput(latent)
+        return io.NodeOutput(sample_dc_cfg(model, seed, steps, text_cfg, pose_cfg, pose_start, pose_end, formula,
+                                           sampler_name, scheduler, positive, negative, negative_pose, latent_image,
+                                           denoise, node_name="SteadyDancer KSampler"))
