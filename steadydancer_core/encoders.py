@@ -18,6 +18,7 @@ import ftfy
 import torch
 import torch.nn.functional as F
 
+from .errors import UserError
 
 #: Diffusers-format Wan2.1-I2V repositories holding the auxiliary components (either works; the
 #: VAE, T5 and CLIP weights are identical in both).
@@ -42,7 +43,7 @@ WAN_COMPONENTS: dict[str, tuple[str, bool]] = {
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
-class MissingWeightsError(FileNotFoundError):
+class MissingWeightsError(UserError, FileNotFoundError):
     """Model files needed for inference are not on disk; the message says what to download and where."""
 
 

@@ -1,6 +1,6 @@
 """Exceptions raised by the DiT checkpoint loader/saver.
 
-All derive from :class:`CheckpointError` (a ``ValueError``) so callers can catch one type; the
+All derive from :class:`CheckpointError` (a ``UserError`` and a ``ValueError``) so callers can catch one type; the
 subclasses let tests and nodes tell the cases apart.
 """
 from __future__ import annotations
@@ -8,8 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from ..errors import UserError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(UserError, ValueError):
     """A checkpoint cannot be used as asked; the message says why and what was expected."""
 
 

@@ -7,13 +7,14 @@ from typing import Literal, Sequence
 
 import numpy as np
 
+from ...errors import UserError
 from ..keypoints import PoseFrame
 from . import dwpose_ops as ops
 from .models import ensure_dwpose_models
 from .protocol import check_image
 
 
-class OnnxModelError(ValueError):
+class OnnxModelError(UserError, ValueError):
     """An ONNX file is not the model it should be (unreadable, wrong input or outputs)."""
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import UserError
 from ..keypoints import BODY_JOINTS, HAND_JOINTS, LEFT_HAND, RIGHT_HAND, PersonPose, PoseFrame
 from .protocol import check_image
 
@@ -21,7 +22,7 @@ BLAZEPOSE_LEFT_SHOULDER, BLAZEPOSE_RIGHT_SHOULDER = 11, 12
 BLAZEPOSE_LEFT_WRIST, BLAZEPOSE_RIGHT_WRIST = 15, 16
 
 
-class BackendUnavailable(ImportError):
+class BackendUnavailable(UserError, ImportError):
     """An optional pose backend's package is not installed in this environment."""
 
 
@@ -37,7 +38,8 @@ def import_mediapipe() -> Any:
         raise BackendUnavailable(
             f"the 'mediapipe' pose backend needs mediapipe=={MEDIAPIPE_VERSION} (it bundles the BlazePose model and "
             f"runs offline). It pins numpy<2 and protobuf<5 and needs Python 3.11/3.12, so install it in its own "
-            f"environment: pip install 'mediapipe=={MEDIAPIPE_VERSION}'. Otherwise use the 'dwpose' backend."
+            f"environment: pip install -r requirements-mediapipe.txt (in this repository; it pins "
+            f"mediapipe=={MEDIAPIPE_VERSION}). Otherwise use the 'dwpose' backend."
         ) from None
     if not hasattr(mediapipe, "solutions") or not hasattr(mediapipe.solutions, "pose"):
         raise BackendUnavailable(

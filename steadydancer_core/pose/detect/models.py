@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ...errors import UserError
+
 MODELS_DIR_ENV = "STEADYDANCER_MODELS_DIR"
 DWPOSE_REPO = "yzd-v/DWPose"
 DETECTOR_FILE = "yolox_l.onnx"
@@ -12,7 +14,7 @@ DWPOSE_FILES = (DETECTOR_FILE, POSE_FILE)
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[3] / "models" / "pose"
 
 
-class ModelFilesMissing(FileNotFoundError):
+class ModelFilesMissing(UserError, FileNotFoundError):
     """Pose model files are absent and could not be fetched."""
 
 
