@@ -167,15 +167,17 @@ def test_input_errors_are_one_clear_message(tmp_path: Path, inputs: dict[str, Pa
                                   "--out", str(tmp_path / "o7")] + models, "mismatched frame counts")
 
 
-def test_existing_output_is_kept_without_overwrite(tmp_path: Path, inputs: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+def test_existing_outputs_are_kept_without_overwrite(tmp_path: Path, inputs: dict[str, Path],
+                                                    capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
     save_pose_json([PoseFrame([_standing_person()], 64, 64)], tmp_path / "one.json")
     argv = ["--ref", str(inputs["ref"]), "--ref-keypoints", str(tmp_path / "one.json"),
-            "--keypoints", str(tmp_path / "one.json"), "--size", "64x96", "--out", str(out)]
-    _run_expecting_error(capsys, argv, "not empty")
-    assert [p.name for p in out.iterdir()] == ["notes.txt"]
-    assert main(argv + ["--overwrite", "--no-progress"]) == 0
+            "--keypoints", str(tmp_path / "one.json"), "--size", "64x96", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0  # the user's own files are not in the way
+    assert sorted(p.name for p in out.iterdir()) == ["keypoints.json", "negative", "notes.txt", "positive", "preview.mp4"]
+    _run_expecting_error(capsys, argv, "already holds positive, negative, keypoints.json, preview.mp4")
+    assert main(argv + ["--overwrite"]) == 0
     assert (out / "notes.txt").read_text() == "keep me"  # only this command's own outputs are replaced
     assert (out / "positive" / "0000.png").is_file()

@@ -4,7 +4,9 @@
 
 writes ``positive/NNNN.png`` (aligned pose, the condition), ``negative/NNNN.png`` (the perturbed pose for
 DC-CFG), ``keypoints.json`` (detections, aligned and negative keypoints, settings) and ``preview.mp4``
-(reference | aligned pose | negative pose | driving frame). Every input is checked before detection starts.
+(reference | aligned pose | negative pose | driving frame). Every input is checked and the detector built
+before anything is written; the outputs are written into a hidden folder and moved into ``--out`` when all
+are complete, so a failed run leaves an earlier run's outputs as they were (DESIGN D13).
 """
 from __future__ import annotations
 
@@ -20,23 +22,23 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..atomic_output import atomic_folder, check_output_path
 from ..conditioning import SIZE_MULTIPLE, output_size
-from ..video import FRAME_COUNT_RULES, VideoReadError, VideoReadInfo, frame_count_for_rule, read_image, read_video, write_video
+from ..errors import InputError, report_user_errors
+from ..video import FRAME_COUNT_RULES, VideoReadInfo, frame_count_for_rule, read_image, read_video, write_video
 from .conditions import PoseConditions, build_pose_conditions
-from .detect import BACKENDS, ModelFilesMissing, OnnxModelError, PoseDetector, create_detector, detect_frames
+from .detect import BACKENDS, PoseDetector, create_detector, detect_frames
 from .detect.dwpose_ops import DetectionThresholds
-from .detect.mediapipe_backend import BackendUnavailable
 from .keypoints import PoseFrame, frames_to_dict, load_pose_json
 
 # The official preprocessing draws on a canvas of this pixel area with the reference's aspect.
 DEFAULT_MAX_AREA = 1024 * 576
 DEFAULT_FRAMES = 81
+#: What the command writes into --out; --overwrite replaces these and nothing else in the folder.
+POSE_OUTPUTS = ("positive", "negative", "keypoints.json", "preview.mp4")
 
-CLI_ERRORS = (ValueError, VideoReadError, ModelFilesMissing, OnnxModelError, BackendUnavailable, FileExistsError,
-              FileNotFoundError)
 
-
-class CliError(ValueError):
+class CliError(InputError):
     """A user-facing problem with the command's arguments or inputs."""
 
 
@@ -80,7 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="driving keypoints JSON (this package's format or controlnet_aux POSE_KEYPOINT) instead of detecting them")
     inputs.add_argument("--ref-keypoints", type=Path, help="reference keypoints JSON (first frame used) instead of detecting them")
     inputs.add_argument("--out", required=True, type=Path, help="output folder")
-    inputs.add_argument("--overwrite", action="store_true", help="replace the outputs of an existing non-empty --out folder")
+    inputs.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier run's outputs in --out (positive/, negative/, keypoints.json, "
+                             "preview.mp4) once the new ones are complete; other files in --out stay")
 
     detection = parser.add_argument_group("detection")
     detection.add_argument("--backend", choices=BACKENDS, default="dwpose",
@@ -131,21 +135,6 @@ def _check_arguments(args: argparse.Namespace) -> None:
         path = getattr(args, name)
         if path is not None and not path.is_file():
             raise CliError(f"--{name.replace('_', '-')}: file not found: {path}")
-
-
-def _prepare_output(out: Path, overwrite: bool) -> None:
-    """Refuse a non-empty folder unless ``overwrite``; then clear only the files this command writes."""
-    if out.exists() and not out.is_dir():
-        raise CliError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise CliError(f"--out {out} is not empty; pass --overwrite to replace its pose outputs")
-        for folder in ("positive", "negative"):
-            for old in (out / folder).glob("*.png"):
-                old.unlink()
-        for name in ("keypoints.json", "preview.mp4"):
-            (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def _load_keypoints(path: Path, what: str) -> list[PoseFrame]:
@@ -240,18 +229,23 @@ def _write_images(folder: Path, images: np.ndarray) -> None:
         Image.fromarray(image).save(folder / f"{index:04d}.png", compress_level=1)
 
 
+def _write_outputs(folder: Path, args: argparse.Namespace, reference: np.ndarray, video: np.ndarray | None,
+                   conditions: PoseConditions, document: dict[str, Any], fps: float) -> None:
+    _write_images(folder / "positive", conditions.positive_images)
+    _write_images(folder / "negative", conditions.negative_images)
+    (folder / "keypoints.json").write_text(json.dumps(document))
+    if not args.no_preview:
+        write_video(preview_frames(reference, conditions, video), folder / "preview.mp4", fps=fps)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the ``poses`` command; 0 on success, 2 with a one-line message on bad input."""
-    try:
-        return _run(args)
-    except CLI_ERRORS as exc:
-        print(f"poses: error: {exc}", file=sys.stderr)
-        return 2
+    return report_user_errors(lambda: _run(args))
 
 
 def _run(args: argparse.Namespace) -> int:
     _check_arguments(args)
-    _prepare_output(args.out, args.overwrite)
+    check_output_path(args.out, "--out", folder=True, existing_ok=args.overwrite, owned=POSE_OUTPUTS)
     reference = read_image(args.ref)
     video, info, driving = _driving_frames(args)
     if info is not None:
@@ -268,13 +262,10 @@ def _run(args: argparse.Namespace) -> int:
         reference_pose, driving, size[0], size[1], seed=args.seed, align=not args.no_align,
         robust=not args.official_align, align_frame=args.align_frame, select_by=args.person, palette=args.palette,
     )
-    _write_images(args.out / "positive", conditions.positive_images)
-    _write_images(args.out / "negative", conditions.negative_images)
     document = _keypoints_document(args, reference_pose, driving, conditions, size, info)
-    (args.out / "keypoints.json").write_text(json.dumps(document))
-    if not args.no_preview:
-        fps = 16.0 if info is None else (info.target_fps or info.source_fps)
-        write_video(preview_frames(reference, conditions, video), args.out / "preview.mp4", fps=fps)
+    fps = 16.0 if info is None else (info.target_fps or info.source_fps)
+    with atomic_folder(args.out, owned=POSE_OUTPUTS) as staging:
+        _write_outputs(staging, args, reference, video, conditions, document, fps)
     print(f"wrote {len(conditions.positive_images)} positive/negative frames at {size[0]}×{size[1]} to {args.out}",
           file=sys.stderr)
     return 0
