@@ -86,6 +86,29 @@ class SteadyDancerComfyDiT(SteadyDancerDiT):
             self._transformer_options = {}
 
 
+def check_condition_frames(frames: int, image_condition: torch.Tensor | None, pose_latents: torch.Tensor | None,
+                           in_context_window: bool) -> None:
+    """Refuse conditionings whose latent frame count differs from the sample's, naming the cause.
+
+    In a core context window this is a ComfyUI that slices only the noise per window: before 0.4 its
+    ``get_resized_cond`` slices no 5-D conditioning (Wan I2V's ``c_concat``, our pose latents), so every
+    window would get the whole video's conditions.
+    """
+    for name, condition in (("I2V image condition", image_condition), ("pose latent", pose_latents)):
+        if condition is None or condition.shape[2] == frames:
+            continue
+        if in_context_window:
+            raise ValueError(
+                f"SteadyDancer under context windows: the window has {frames} latent frames but the {name} "
+                f"has {condition.shape[2]}. This ComfyUI version cannot slice SteadyDancer's pose and image "
+                "conditionings per window (ComfyUI before 0.4 slices only the noise). Use 'SteadyDancer Long "
+                "Video' (segments that keep the reference), or ComfyUI 0.4 or later, where context windows run "
+                "but only the first window keeps the reference frame.")
+        raise ValueError(
+            f"SteadyDancer: the latent has {frames} frames but the {name} has {condition.shape[2]}: the latent "
+            "and the conditionings must come from the same 'SteadyDancer Image To Video' (same length)")
+
+
 class SteadyDancerModel(comfy.model_base.WAN21):
     """ComfyUI model wrapper: Wan2.1 I2V handling of mask/image latent plus the pose inputs."""
 
@@ -99,7 +122,19 @@ class SteadyDancerModel(comfy.model_base.WAN21):
         self.diffusion_model.eval()
         self.image_to_video = True
 
+    def _apply_model(self, x: torch.Tensor, t: torch.Tensor, c_concat: torch.Tensor | None = None,
+                     c_crossattn: torch.Tensor | None = None, control: Any = None,
+                     transformer_options: dict[str, Any] = {}, **kwargs: Any) -> torch.Tensor:
+        # Before BaseModel concatenates c_concat onto x, where a frame mismatch is a bare "Sizes of tensors
+        # must match" RuntimeError.
+        check_condition_frames(x.shape[2], c_concat, kwargs.get("pose_latents"),
+                               transformer_options.get("context_window") is not None)
+        return super()._apply_model(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+
     def extra_conds(self, **kwargs: Any) -> dict[str, Any]:
+        # Before WAN21.concat_cond, which pads the mask to the noise's length and fails on the image latent.
+        check_condition_frames(kwargs["noise"].shape[2], kwargs.get("concat_latent_image"),
+                               kwargs.get(cond_keys.POSE_LATENT), in_context_window=False)
         out = super().extra_conds(**kwargs)
         for cond_key, model_key in ((cond_keys.POSE_LATENT, "pose_latents"),
                                     (cond_keys.REF_IMAGE_LATENT, "ref_x"),

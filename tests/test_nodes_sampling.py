@@ -217,13 +217,16 @@ def test_official_ksampler_reproduces_core_dc_cfg_unipc(sampling, model, conditi
     torch.testing.assert_close(out, fmt.process_out(x0), rtol=1e-4, atol=1e-4)
 
 
-def test_context_windows_slice_the_pose_latents(sampling, model):
-    """Long videos: core WanContextWindowsManual (0.8.0) runs the DiT on windows; pose latents and the I2V
-    concat are sliced with the noise, the single-frame reference tokens are kept in every window."""
+def comfyui_slices_video_conds() -> bool:
+    """ComfyUI >= 0.4 slices 5-D conditionings (c_concat, pose latents) per context window; 0.3.64 does not."""
     import comfyui_version
 
-    if tuple(int(p) for p in comfyui_version.__version__.split(".")[:2]) < (0, 4):
-        pytest.skip("ComfyUI < 0.4 does not slice 5-D conditionings for context windows (Wan I2V fails there)")
+    return tuple(int(p) for p in comfyui_version.__version__.split(".")[:2]) >= (0, 4)
+
+
+@pytest.fixture(scope="module")
+def windowed_run(model):
+    """17-frame conditionings and the model under core WanContextWindowsManual (9-frame windows, overlap 4)."""
     import comfy.clip_vision
     from comfy_extras.nodes_context_windows import WanContextWindowsManualNode
 
@@ -231,14 +234,47 @@ def test_context_windows_slice_the_pose_latents(sampling, model):
     g = torch.Generator().manual_seed(4)
     clip = comfy.clip_vision.Output()
     clip["penultimate_hidden_states"] = torch.randn(1, 257, 48, generator=g)
-    positive, negative, negative_pose, latent = i2v.SteadyDancerImageToVideo.execute(
+    conds = i2v.SteadyDancerImageToVideo.execute(
         positive=[[torch.randn(1, 7, 32, generator=g), {}]], negative=[[torch.randn(1, 7, 32, generator=g), {}]],
         vae=comfy_wan21_vae(), reference_image=torch.rand(1, 32, 16, 3, generator=g),
         pose_images=torch.rand(17, 32, 16, 3, generator=g), clip_vision_reference=clip, clip_vision_first_pose=clip,
         width=16, height=32, length=17, negative_pose_images=torch.rand(17, 32, 16, 3, generator=g)).result
-    windowed = WanContextWindowsManualNode.execute(model, 9, 4, "standard_static", 1, False, "pyramid", False).result[0]
+    window_args = (model, 9, 4, "standard_static", 1, False, "pyramid")
+    if comfyui_slices_video_conds():
+        window_args += (False,)  # freenoise (0.4+)
+    return WanContextWindowsManualNode.execute(*window_args).result[0], conds
+
+
+def test_context_windows_slice_the_pose_latents(sampling, windowed_run):
+    """Long videos: core WanContextWindowsManual (0.8.0) runs the DiT on windows; pose latents and the I2V
+    concat are sliced with the noise, the single-frame reference tokens are kept in every window."""
+    if not comfyui_slices_video_conds():
+        pytest.skip("ComfyUI < 0.4 does not slice 5-D conditionings for context windows (Wan I2V fails there)")
+    windowed, (positive, negative, negative_pose, latent) = windowed_run
     patched, calls = record_calls(windowed)
     out = sampling.SteadyDancerKSampler.execute(patched, 0, 2, 5.0, 1.0, 0.0, 0.9, "euler", "simple", positive,
                                                 negative, negative_pose, latent, 1.0).result[0]["samples"]
     assert out.shape == latent["samples"].shape == (1, 16, 5, 4, 2) and torch.isfinite(out).all()
     assert {out_.shape[2] for _, _, out_ in calls} == {3}  # 9-frame windows = 3 latent frames, never all 5
+
+
+def test_context_windows_without_slicing_point_to_long_video_segments(sampling, windowed_run):
+    """ComfyUI 0.3.64 slices only the noise per window: the model wrapper names the cause and the way out
+    (SteadyDancer Long Video) instead of the bare "Sizes of tensors must match" RuntimeError."""
+    if comfyui_slices_video_conds():
+        reason = "this ComfyUI slices SteadyDancer's conditionings per context window (>= 0.4): nothing to refuse"
+        print(reason)
+        pytest.skip(reason)
+    windowed, (positive, negative, negative_pose, latent) = windowed_run
+    with pytest.raises(ValueError, match="cannot slice SteadyDancer's pose and image conditionings per window") as err:
+        sampling.SteadyDancerKSampler.execute(windowed, 0, 2, 5.0, 1.0, 0.0, 0.9, "euler", "simple", positive,
+                                              negative, negative_pose, latent, 1.0)
+    assert "SteadyDancer Long Video" in str(err.value) and "window has 3 latent frames" in str(err.value)
+
+
+def test_latent_of_another_length_is_refused_with_a_clear_error(sampling, model, conditionings):
+    positive, negative, negative_pose, latent = conditionings
+    longer = {"samples": torch.zeros(1, 16, 3, *latent["samples"].shape[-2:])}
+    with pytest.raises(ValueError, match="the latent has 3 frames but the I2V image condition"):
+        sampling.SteadyDancerKSampler.execute(model, 0, 1, 5.0, 1.0, 0.1, 0.4, "euler", "simple", positive,
+                                              negative, negative_pose, longer, 1.0)
