@@ -11,6 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
 
+from steadydancer_core.errors import InputError  # noqa: E402
 from steadydancer_core.model import SteadyDancerDiT  # noqa: E402
 from steadydancer_train import flow  # noqa: E402
 from steadydancer_train.config import (FlowConfig, LoraConfig, PoseSimConfig, TrainConfig,  # noqa: E402
@@ -268,7 +269,7 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
 
 
 def test_cache_validation_names_the_problem(tmp_path):
-    with pytest.raises(FileNotFoundError, match="run training/precompute.py"):
+    with pytest.raises(InputError, match="run training/precompute.py"):
         CachedClips(tmp_path / "nothing")
     write_random_cache(tmp_path / "c", MICRO, 1, sim_variants=(), clip_tokens=9)
     clips = CachedClips(tmp_path / "c")

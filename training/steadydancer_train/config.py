@@ -2,18 +2,27 @@
 
 Every field that the paper leaves open carries its default here and a comment in the shipped
 ``training/configs/stage{1,2,3}.yaml`` files. Unknown keys are an error (a typo must never silently
-fall back to a default for a 12,000-step run).
+fall back to a default for a 12,000-step run), and so is a value of the wrong type: every problem is a
+:class:`ConfigError` naming the file and line, the ``--set`` override or the key and what it expects.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
+
+from steadydancer_core.errors import InputError
+
+
+class ConfigError(InputError):
+    """A config file, ``--set`` override, key or value that cannot be used."""
 
 
 @dataclass
@@ -168,89 +177,160 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+def _number(value: Any, path: str, kind: type) -> int | float:
+    # YAML 1.1 reads 1e-4 (no dot, unsigned exponent) as a string, so numeric strings are accepted.
+    what = "an integer" if kind is int else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"config {path} must be {what}, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"config {path} must be {what}, got {value!r}") from None
+    if kind is int:
+        if not number.is_integer():
+            raise ConfigError(f"config {path} must be an integer, got {value!r}")
+        return int(number)
+    return number
+
+
+def _convert(value: Any, hint: Any, path: str) -> Any:
+    """``value`` as the field type ``hint`` (from the dataclass annotations), or a ConfigError naming ``path``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if is_dataclass(hint):
+        return _build(hint, value, path)
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        inner = next(arg for arg in args if arg is not type(None))
+        return None if value is None else _convert(value, inner, path)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config {path} must be true or false, got {value!r}")
+        return value
+    if hint in (int, float):
+        return _number(value, path, hint)
+    if hint is str:
+        if value is None:  # "key:" with nothing after it, or --set key=, is YAML null: an empty setting
+            return ""
+        if not isinstance(value, str):
+            raise ConfigError(f"config {path} must be a string, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config {path} must be a list, got {value!r}")
+        if origin is tuple and len(value) != len(args):
+            raise ConfigError(f"config {path} must be a list of {len(args)} values, got {value!r}")
+        items = args if origin is tuple else args * len(value)
+        return origin(_convert(item, kind, f"{path}[{index}]") for index, (item, kind) in enumerate(zip(value, items)))
+    raise TypeError(f"config field {path} has an unsupported annotation {hint!r}")
+
+
 def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
     if not isinstance(data, Mapping):
-        raise ValueError(f"config section {where or '<root>'} must be a mapping, got {type(data).__name__}")
-    known = {f.name: f for f in fields(cls)}
+        raise ConfigError(f"config section {where or '<root>'} must be a mapping, got {data!r}")
+    known = typing.get_type_hints(cls)
     unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ValueError(f"unknown config keys in {where or '<root>'}: {unknown}; known: {sorted(known)}")
-    kwargs: dict[str, Any] = {}
-    defaults = cls()
-    for name, value in data.items():
-        path = f"{where}.{name}" if where else name
-        default = getattr(defaults, name)
-        if is_dataclass(default):
-            kwargs[name] = _build(type(default), value, path)
-        elif isinstance(default, tuple):
-            kwargs[name] = tuple(value)
-        elif isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise ValueError(f"config {path} must be true/false, got {value!r}")
-            kwargs[name] = value
-        elif isinstance(default, (int, float)) and not isinstance(default, bool):
-            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-                raise ValueError(f"config {path} must be a number, got {value!r}")
-            kwargs[name] = type(default)(float(value)) if isinstance(default, float) else int(value)
-        else:
-            kwargs[name] = value
-    return cls(**kwargs)
+        raise ConfigError(f"unknown config keys in {where or '<root>'}: {unknown}; known: {sorted(known)}")
+    return cls(**{name: _convert(value, known[name], f"{where}.{name}" if where else name)
+                  for name, value in data.items()})
 
 
 def validate(cfg: TrainConfig) -> None:
     """Value checks that need no files; raise before any heavy work."""
     if cfg.stage not in (1, 2, 3):
-        raise ValueError(f"stage must be 1, 2 or 3, got {cfg.stage}")
+        raise ConfigError(f"stage must be 1, 2 or 3, got {cfg.stage}")
     for path, choices in _CHOICES.items():
         section, name = path.split(".")
         value = getattr(getattr(cfg, section), name)
         if value not in choices:
-            raise ValueError(f"config {path} must be one of {list(choices)}, got {value!r}")
+            raise ConfigError(f"config {path} must be one of {list(choices)}, got {value!r}")
     if cfg.optim.steps < 1 or cfg.optim.grad_accum < 1:
-        raise ValueError("optim.steps and optim.grad_accum must be >= 1")
+        raise ConfigError("optim.steps and optim.grad_accum must be >= 1")
+    if cfg.run.save_every < 1 or cfg.run.log_every < 1:
+        raise ConfigError(f"run.save_every and run.log_every must be >= 1, got {cfg.run.save_every} and {cfg.run.log_every}")
+    if not cfg.run.output_dir.strip():
+        raise ConfigError("config run.output_dir is empty; an empty path would silently mean the current folder")
     if cfg.lora.rank < 1:
-        raise ValueError(f"lora.rank must be >= 1, got {cfg.lora.rank}")
+        raise ConfigError(f"lora.rank must be >= 1, got {cfg.lora.rank}")
     unknown_drop = sorted(set(cfg.distill.uncond_drop) - {"pose", "ref_x", "ref_c", "clip_c"})
     if unknown_drop:
-        raise ValueError(f"distill.uncond_drop entries must be pose/ref_x/ref_c/clip_c, got {unknown_drop}")
+        raise ConfigError(f"distill.uncond_drop entries must be pose/ref_x/ref_c/clip_c, got {unknown_drop}")
     if not 0.0 <= cfg.pose_sim.probability <= 1.0:
-        raise ValueError(f"pose_sim.probability must be in [0, 1], got {cfg.pose_sim.probability}")
+        raise ConfigError(f"pose_sim.probability must be in [0, 1], got {cfg.pose_sim.probability}")
     bad_t = sorted(set(cfg.pose_sim.variants) - {2, 3, 4})
     if bad_t or not cfg.pose_sim.variants:
-        raise ValueError(f"pose_sim.variants must be a non-empty subset of [2, 3, 4], got {cfg.pose_sim.variants}")
+        raise ConfigError(f"pose_sim.variants must be a non-empty subset of [2, 3, 4], got {cfg.pose_sim.variants}")
     if cfg.data.num_frames < 1 or (cfg.data.num_frames - 1) % 4:
-        raise ValueError(f"data.num_frames must be 4n+1 (Wan VAE time stride 4), got {cfg.data.num_frames}")
+        raise ConfigError(f"data.num_frames must be 4n+1 (Wan VAE time stride 4), got {cfg.data.num_frames}")
+
+
+def require(cfg: TrainConfig, *keys: str) -> None:
+    """Refuse empty path settings that the command needs (``"data.cache_dir"``, ...): an empty path would
+    silently mean the current folder."""
+    for key in keys:
+        section, name = key.split(".")
+        if not str(getattr(getattr(cfg, section), name)).strip():
+            raise ConfigError(f"config {key} is empty; set it in the config or with --set {key}=PATH "
+                              "(an empty path would silently mean the current folder)")
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A PyYAML error as one line: its str() spans several lines with an excerpt of the source."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or " ".join(str(error).split())
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
+
+
+def _parse(text: str, path: Path) -> Any:
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".yaml", ".yml"):
+            return yaml.safe_load(text)
+        if suffix == ".toml":
+            return tomllib.loads(text)
+        if suffix == ".json":
+            return json.loads(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config {path} is not valid YAML ({_yaml_problem(error)})") from None
+    except tomllib.TOMLDecodeError as error:  # its message names the line and column
+        raise ConfigError(f"config {path} is not valid TOML: {error}") from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"config {path} is not valid JSON at line {error.lineno}, column {error.colno}: "
+                          f"{error.msg}") from None
+    raise ConfigError(f"config {path} must be .yaml, .yml, .toml or .json")
 
 
 def read_mapping(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    text = path.read_text()
-    suffix = path.suffix.lower()
-    if suffix in (".yaml", ".yml"):
-        data = yaml.safe_load(text) or {}
-    elif suffix == ".toml":
-        data = tomllib.loads(text)
-    elif suffix == ".json":
-        data = json.loads(text)
-    else:
-        raise ValueError(f"config {path} must be .yaml, .yml, .toml or .json")
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read config {path}: {error}") from None
+    data = _parse(text, path)
+    if data is None:
+        return {}
     if not isinstance(data, dict):
-        raise ValueError(f"config {path} must hold a mapping at the top level")
+        raise ConfigError(f"config {path} must hold a mapping at the top level, got {type(data).__name__}")
     return data
 
 
 def set_override(data: dict[str, Any], assignment: str) -> None:
     """Apply ``section.key=value`` (value parsed as YAML) onto a raw config mapping."""
     if "=" not in assignment:
-        raise ValueError(f"override must look like section.key=value, got {assignment!r}")
+        raise ConfigError(f"--set {assignment!r} must look like section.key=value")
     dotted, raw = assignment.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {assignment}: the value is not valid YAML ({_yaml_problem(error)})") from None
     node = data
     parts = dotted.split(".")
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1]):
         node = node.setdefault(part, {})
-    node[parts[-1]] = yaml.safe_load(raw)
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {assignment}: {'.'.join(parts[:depth + 1])} is a value, not a config section")
+    node[parts[-1]] = value
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None, stage: int | None = None) -> TrainConfig:
@@ -260,12 +340,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None, stage: int
         set_override(data, item)
     if stage is not None:
         file_stage = data.get("stage")
-        if file_stage is not None and int(file_stage) != stage:
-            raise ValueError(f"--stage {stage} but config {path} is for stage {file_stage}")
+        if file_stage is not None and _number(file_stage, "stage", int) != stage:
+            raise ConfigError(f"--stage {stage} but config {path} is for stage {file_stage}")
         data["stage"] = stage
-    cfg = _build(TrainConfig, data, "")
-    validate(cfg)
-    return cfg
+    return config_from_dict(data)
 
 
 def config_from_dict(data: Mapping[str, Any]) -> TrainConfig:

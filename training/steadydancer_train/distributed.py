@@ -16,6 +16,8 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.utils.checkpoint import checkpoint
 
+from .config import ConfigError
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -42,7 +44,7 @@ def init_distributed(device_choice: str, backend_choice: str) -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device_choice == "cuda" or (device_choice == "auto" and torch.cuda.is_available())
     if device_choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("compute.device is 'cuda' but no CUDA device is available")
+        raise ConfigError("compute.device is 'cuda' but no CUDA device is available (use auto or cpu)")
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)

@@ -18,7 +18,7 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import inject_adapter_in_model
 from safetensors.torch import load_file, save_file
 
-from .config import LoraConfig
+from .config import ConfigError, LoraConfig
 
 ADAPTER = "default"
 COMFY_PREFIX = "diffusion_model."
@@ -36,10 +36,14 @@ def target_regex(targets: list[str]) -> str:
 def inject_lora(model: torch.nn.Module, cfg: LoraConfig) -> list[str]:
     """Add LoRA adapters (kaiming-uniform down, zero up: the model output is unchanged) and return
     the adapted module paths. Only the adapters are left trainable."""
+    linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    unmatched = [t for t in cfg.targets if not any(re.fullmatch(target_regex([t]), n) for n in linears)]
+    if unmatched or not cfg.targets:
+        # A misspelt target would otherwise just train fewer modules than asked for.
+        raise ConfigError(f"lora.targets {unmatched or cfg.targets} match no Linear module in the blocks "
+                          "(names like self_attn.q, cross_attn.k_img, ffn.0)")
     pattern = re.compile(target_regex(cfg.targets))
-    names = [n for n, m in model.named_modules() if pattern.fullmatch(n) and isinstance(m, torch.nn.Linear)]
-    if not names:
-        raise ValueError(f"no Linear module matches the LoRA targets {cfg.targets}")
+    names = [n for n in linears if pattern.fullmatch(n)]
     peft_cfg = PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                               target_modules=target_regex(cfg.targets), init_lora_weights=True, bias="none")
     inject_adapter_in_model(peft_cfg, model, adapter_name=ADAPTER)

@@ -7,6 +7,7 @@ reads the weights memory-mapped, and FSDP2 broadcasts rank 0's full state dict i
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,9 @@ from steadydancer_core.model.checkpoint import STEADYDANCER_KEY, check_state_dic
 from steadydancer_core.model.checkpoint_errors import CheckpointError, summarize
 from steadydancer_core.model.pose_branch import DYModule, PoseAlignmentUnit, temporal_pose_module
 
-from .config import LoraConfig, TrainConfig
+from steadydancer_core.errors import InputError
+
+from .config import ConfigError, LoraConfig, TrainConfig
 from .distributed import DistInfo, enable_gradient_checkpointing, shard_fsdp2, wrap_ddp
 from .forwards import TrainingDiT
 from .lora import inject_lora
@@ -42,11 +45,12 @@ def resolve_arch(arch: str) -> DiTConfig:
     if arch == "tiny":
         return TINY
     path = Path(arch)
-    if path.is_file():
-        import json
-
+    if not path.is_file():
+        raise ConfigError(f"model.arch must be official_14b, tiny or a config.json path; got {arch!r}")
+    try:
         return DiTConfig.from_official_json(json.loads(path.read_text()))
-    raise ValueError(f"model.arch must be official_14b, tiny or a config.json path; got {arch!r}")
+    except (ValueError, KeyError, TypeError, AttributeError) as error:  # json.JSONDecodeError is a ValueError
+        raise ConfigError(f"model.arch {path} is not an official DiT config.json: {error}") from None
 
 
 def is_pose_key(key: str) -> bool:
@@ -59,12 +63,12 @@ def expected_shapes(config: DiTConfig) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def read_weights(path: str) -> dict[str, torch.Tensor]:
-    """Prefix-free, memory-mapped state dict (file, sharded folder, index json)."""
+def read_weights(path: str, key: str) -> dict[str, torch.Tensor]:
+    """Prefix-free, memory-mapped state dict (file, sharded folder, index json) of the config setting ``key``."""
     if not path:
-        raise ValueError("no checkpoint path given")
+        raise ConfigError(f"config {key} is empty; it must name the checkpoint to start from")
     if not Path(path).exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise InputError(f"{key}: checkpoint not found: {path}")
     return load_state_dict(path)
 
 
@@ -173,9 +177,9 @@ def stage_plan(cfg: TrainConfig) -> StagePlan:
         modules = list(POSE_MODULES) if cfg.stage == 1 else []
     unknown = [m for m in modules if m not in POSE_MODULES and m != "patch_embedding"]
     if unknown:
-        raise ValueError(f"lora.full_modules may name {list(POSE_MODULES) + ['patch_embedding']}, got {unknown}")
+        raise ConfigError(f"lora.full_modules may name {list(POSE_MODULES) + ['patch_embedding']}, got {unknown}")
     if cfg.stage == 1 and cfg.model.init == "wan" and set(modules) < set(POSE_MODULES):
-        raise ValueError(f"stage 1 from Wan2.1-I2V must train the new pose modules {list(POSE_MODULES)} "
+        raise ConfigError(f"stage 1 from Wan2.1-I2V must train the new pose modules {list(POSE_MODULES)} "
                          f"(lora.full_modules is {modules}): they start untrained")
     return StagePlan(lora=True, full_modules=tuple(modules), train_all=False)
 
