@@ -1,11 +1,12 @@
 """What the error-handling tests of the command-line entry points share: a byte-level picture of an output
 folder (to prove a failed run changed nothing), the exit code of a ``main(argv)`` that may exit through
-argparse, and the skip for permission rows that root cannot test."""
+argparse or of a training script, and the skip for permission rows that root cannot test."""
 from __future__ import annotations
 
 import hashlib
 import os
 from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
 import pytest
@@ -24,6 +25,16 @@ def exit_code(main: Callable[[list[str]], int], argv: list[str]) -> int:
         return main(argv)
     except SystemExit as stop:
         return int(stop.code)
+
+
+def run_script(script: ModuleType, argv: list[str]) -> int:
+    """A training script (``training/run_stage.py`` ...) run as its ``__main__`` block runs it,
+    ``_script.run(main)``, in this process; returns the exit code."""
+    try:
+        script._script.run(lambda: script.main(argv))
+    except SystemExit as stop:
+        return int(stop.code)
+    raise AssertionError("_script.run returned instead of exiting")
 
 
 def skip_if_root_can_write_anywhere() -> None:

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
 
+from steadydancer_core.errors import InputError  # noqa: E402
 from steadydancer_core.model.checkpoint import load_dit, load_state_dict  # noqa: E402
 from steadydancer_train.config import config_from_dict  # noqa: E402
 from steadydancer_train.lora import load_comfy_lora  # noqa: E402
@@ -143,7 +144,7 @@ def test_clear_errors_before_heavy_work(stage1_run, fixture_dir, tmp_path):
     base = stage_cfg(fixture_dir, tmp_path / "o", 1)
     _preflight(base)
     missing = stage_cfg(fixture_dir, tmp_path / "o", 1, data={"cache_dir": str(tmp_path / "none")})
-    with pytest.raises(FileNotFoundError, match="cache folder not found"):
+    with pytest.raises(InputError, match="cache folder not found"):
         _preflight(missing)
     # Cache written for another model width: named with the tensor and the expected shape.
     other = tmp_path / "other_cache"

@@ -5,6 +5,9 @@
 
 Stage 1 Action Supervision, stage 2 Condition-Decoupled Distillation, stage 3 Motion Discontinuity
 Mitigation; see training/steadydancer_train/trainer.py and the shipped configs for what each does.
+
+An output_dir that holds an earlier run is refused unless --resume continues it or --overwrite replaces
+it; a run stopped by --max_steps before optim.steps leaves a checkpoint but no final/.
 """
 from __future__ import annotations
 
@@ -21,13 +24,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage", type=int, choices=(1, 2, 3), required=True)
     parser.add_argument("--config", required=True, help="YAML / TOML / JSON config")
     parser.add_argument("--resume", default="", help="'auto' (latest checkpoint of output_dir, if any) or a step folder")
-    parser.add_argument("--max_steps", type=int, default=None, help="stop after this many steps (e.g. to test resume)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the earlier run in output_dir (its metrics, checkpoints and exports; other files "
+                             "stay), deleted once every check has passed")
+    parser.add_argument("--max_steps", type=int, default=None,
+                        help="stop after this many steps (a partial run: checkpoint, no final/; resume later)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value (YAML syntax), repeatable")
     parser.add_argument("--dry_run", action="store_true", help="run every check (config, cache, checkpoints) and stop")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.set, stage=args.stage)
-    runner = StageRunner(cfg, args.resume, args.max_steps)
+    runner = StageRunner(cfg, args.resume, args.max_steps, args.overwrite)
     if args.dry_run:
         runner.check_only()
         print(f"stage {cfg.stage}: config, cache ({len(runner.clips)} clips) and checkpoints are valid")

@@ -28,6 +28,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from steadydancer_core.atomic_output import atomic_path
+from steadydancer_core.errors import InputError
+
 FORMAT_VERSION = "steadydancer-train-cache-1"
 REQUIRED_KEYS = ("latents", "y", "ref_lat", "pose_lat", "pose0_lat", "clip_x", "clip_c", "context")
 
@@ -37,20 +40,17 @@ def sim_key(t_star: int) -> str:
 
 
 def write_cache(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
-    """Write one clip atomically (temp file + rename, so a killed precompute never leaves a half file
-    that a resumed run would take as finished). NaN/Inf is an error: it would poison training silently."""
+    """Write one clip atomically (a killed precompute never leaves a half file that a resumed run would
+    take as finished). NaN/Inf is an error: it would poison training silently."""
     missing = [k for k in REQUIRED_KEYS if k not in tensors]
     if missing:
         raise ValueError(f"cache for {path} lacks {missing}")
     for key, value in tensors.items():
         if not torch.isfinite(value.float()).all():
             raise ValueError(f"cache tensor {key!r} for {path} contains NaN/Inf")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
     meta = {"format": FORMAT_VERSION, **{k: str(v) for k, v in metadata.items()}}
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
-    tmp.replace(path)
+    with atomic_path(path) as temporary:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(temporary), metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -73,10 +73,11 @@ class CachedClips:
     def __init__(self, cache_dir: str | Path) -> None:
         self.root = Path(cache_dir)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"cache folder not found: {self.root} (run training/precompute.py first)")
-        self.files = sorted(self.root.glob("*.safetensors"))
+            raise InputError(f"cache folder not found: {self.root} (run training/precompute.py first)")
+        # Hidden files are the partial writes of a killed precompute, never clips.
+        self.files = sorted(p for p in self.root.glob("*.safetensors") if not p.name.startswith("."))
         if not self.files:
-            raise FileNotFoundError(f"no *.safetensors clips in cache folder {self.root} (run training/precompute.py first)")
+            raise InputError(f"no *.safetensors clips in cache folder {self.root} (run training/precompute.py first)")
 
     def __len__(self) -> int:
         return len(self.files)
@@ -93,12 +94,12 @@ class CachedClips:
             try:
                 head = read_header(path)
             except Exception as exc:  # a truncated file must name itself
-                raise ValueError(f"unreadable cache file {path}: {exc}") from exc
+                raise InputError(f"unreadable cache file {path}: {exc}") from exc
             if head.metadata.get("format") != FORMAT_VERSION:
-                raise ValueError(f"{path}: cache format {head.metadata.get('format')!r}, expected {FORMAT_VERSION!r}")
+                raise InputError(f"{path}: cache format {head.metadata.get('format')!r}, expected {FORMAT_VERSION!r}")
             missing = [k for k in REQUIRED_KEYS if k not in head.shapes]
             if missing:
-                raise ValueError(f"{path}: missing cache tensors {missing}")
+                raise InputError(f"{path}: missing cache tensors {missing}")
             s = head.shapes
             c, t, h, w = s["latents"]
             expected = {
@@ -108,21 +109,21 @@ class CachedClips:
             if sim_variants:
                 for t_star in sim_variants:
                     if sim_key(t_star) not in s:
-                        raise ValueError(
+                        raise InputError(
                             f"{path}: stage 3 needs {sim_key(t_star)!r} (Pose-Simulation latents) but the cache has none; "
                             "give the clips 'keypoints' in the manifest and rerun precompute with data.pose_sim_variants: true")
                     expected[sim_key(t_star)] = (in_dim_c, t, h, w)
             for key, shape in expected.items():
                 if s[key] != shape:
-                    raise ValueError(f"{path}: tensor {key!r} has shape {list(s[key])}, expected {list(shape)} for this model config")
+                    raise InputError(f"{path}: tensor {key!r} has shape {list(s[key])}, expected {list(shape)} for this model config")
             if h % patch_size[1] or w % patch_size[2]:
-                raise ValueError(f"{path}: latent size {h}x{w} is not divisible by the patch size {patch_size[1:]}")
+                raise InputError(f"{path}: latent size {h}x{w} is not divisible by the patch size {patch_size[1:]}")
             for key in ("clip_x", "clip_c"):
                 if len(s[key]) != 2 or s[key][1] != clip_dim:
-                    raise ValueError(f"{path}: {key} has shape {list(s[key])}, expected [257, {clip_dim}]")
+                    raise InputError(f"{path}: {key} has shape {list(s[key])}, expected [257, {clip_dim}]")
             ctx = s["context"]
             if len(ctx) != 2 or ctx[1] != text_dim or ctx[0] > text_len:
-                raise ValueError(f"{path}: context has shape {list(ctx)}, expected [L <= {text_len}, {text_dim}]")
+                raise InputError(f"{path}: context has shape {list(ctx)}, expected [L <= {text_len}, {text_dim}]")
 
 
 # ---- stateless sample order ---------------------------------------------------------------

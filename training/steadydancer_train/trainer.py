@@ -4,13 +4,21 @@ Stage 1 Action Supervision:          LoRA (blocks) + pose modules, loss ||v(x_t,
 Stage 2 Condition-Decoupled Distill.: all student weights, loss l_u ||v_u(student) - v(teacher)||^2
                                       + l_c ||v(student, c) - v*||^2 with the frozen Wan2.1-I2V teacher.
 Stage 3 Motion Discontinuity Mitig.:  LoRA, loss as stage 1 with Pose-Simulation pose latents (p = 0.5).
+
+A run owns the entries of ``run.output_dir`` named in :data:`RUN_OUTPUTS`. It never writes into a folder
+holding an earlier run unless asked to continue it (``resume``) or to replace it (``overwrite``), and a run
+stopped early by ``max_steps`` leaves a checkpoint to resume from but no ``final/``, which only a run that
+trained all ``optim.steps`` writes (DESIGN D13).
 """
 from __future__ import annotations
 
 import json
 import platform
+import shutil
 import subprocess
+import sys
 import time
+import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +27,11 @@ from typing import Any
 import torch
 import yaml
 
+from steadydancer_core.atomic_output import atomic_path, check_output_path
+from steadydancer_core.errors import InputError
+
 from . import checkpointing, flow
-from .config import PoseSimConfig, TrainConfig
+from .config import ConfigError, PoseSimConfig, TrainConfig, require
 from .data import CachedClips, clip_index, global_sample_number, sample_generator, sample_torch_seed, sim_key
 from .distributed import (DTYPES, DistInfo, all_reduce_mean, barrier, full_state_dict, init_distributed, no_sync,
                           resolve_strategy, shutdown)
@@ -30,6 +41,10 @@ from .metrics import MetricsLog
 from .model_setup import (WRAPPER_PREFIX, build_dit_module, check_steadydancer, check_wan_i2v, init_pose_modules,
                           lora_init_tensors, place, read_weights, resolve_arch, stage_plan, to_model_keys,
                           trainable_parameters)
+
+
+#: What a run writes into run.output_dir; --overwrite replaces these and nothing else in the folder.
+RUN_OUTPUTS = ("metrics.jsonl", "run_info.json", "config.resolved.yaml", "ckpt", "final", "exports")
 
 
 @dataclass
@@ -109,18 +124,54 @@ def _git_commit() -> str:
 
 
 class StageRunner:
-    """Holds everything of one run; ``run()`` trains, checkpoints, exports."""
+    """Holds everything of one run; ``run()`` trains, checkpoints, exports.
 
-    def __init__(self, cfg: TrainConfig, resume: str = "", max_steps: int | None = None) -> None:
+    ``resume``: "" (a new run), "auto" (the latest checkpoint of ``run.output_dir``, if any) or a step folder.
+    ``overwrite``: replace an earlier run in ``run.output_dir`` (its :data:`RUN_OUTPUTS` are deleted once
+    every check has passed and the model is built; a run's checkpoints are too large to keep two runs'
+    worth). ``max_steps`` stops early, before ``optim.steps``: a partial run, resumable, without ``final/``."""
+
+    def __init__(self, cfg: TrainConfig, resume: str = "", max_steps: int | None = None,
+                 overwrite: bool = False) -> None:
         self.cfg = cfg
         self.resume = resume
+        self.overwrite = overwrite
         self.total_steps = cfg.optim.steps if max_steps is None else min(max_steps, cfg.optim.steps)
+        self.partial = self.total_steps < cfg.optim.steps
         self.out = Path(cfg.run.output_dir)
         self.info: DistInfo | None = None
 
     # ---- checks before any heavy work --------------------------------------------------------
+    def check_output_dir(self) -> None:
+        """Refuse to mix this run into an earlier one in ``run.output_dir`` (before any file is written)."""
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume continues the run in run.output_dir and --overwrite replaces it; give one")
+        check_output_path(self.out, "run.output_dir", folder=True, existing_ok=bool(self.resume) or self.overwrite,
+                          owned=RUN_OUTPUTS, remedy="continue it with --resume auto, replace it with --overwrite, "
+                                                    "or choose another run.output_dir")
+        earlier_run = any((self.out / name).exists() for name in RUN_OUTPUTS)
+        own_checkpoints = (self.out / "ckpt").resolve()
+        if self.resume not in ("", "auto") and earlier_run and own_checkpoints not in Path(self.resume).resolve().parents:
+            raise InputError(f"--resume {self.resume} is not a checkpoint of the run in run.output_dir {self.out}; "
+                             "continue that run from its own ckpt/step_* folders, or start from this checkpoint "
+                             "in another run.output_dir")
+
+    def check_resume_point(self) -> None:
+        """The checkpoint to resume must be of this stage and config, and not past where this run stops."""
+        meta = checkpointing.read_meta(self.resume_from)
+        if meta.get("stage") != self.cfg.stage or meta.get("fingerprint") != self.cfg.fingerprint():
+            raise InputError(f"checkpoint {self.resume_from} is from stage {meta.get('stage')} with config fingerprint "
+                             f"{meta.get('fingerprint')}; this run is stage {self.cfg.stage}, {self.cfg.fingerprint()}")
+        if not isinstance(meta.get("step"), int) or meta["step"] > self.total_steps:
+            raise InputError(f"checkpoint {self.resume_from} is at step {meta.get('step')}, past the "
+                             f"{self.total_steps} steps this run trains to (optim.steps, --max_steps)")
+        # Older checkpoints have no run id: continuing them starts a new one (their folders are then kept).
+        self.run_id = meta.get("run_id") or self.run_id
+
     def preflight(self) -> None:
         cfg = self.cfg
+        self.check_output_dir()
+        require(cfg, "data.cache_dir")
         self.config = resolve_arch(cfg.model.arch)
         self.compute_dtype = DTYPES[cfg.compute.dtype]
         self.plan = stage_plan(cfg)
@@ -131,27 +182,26 @@ class StageRunner:
                             text_dim=c.text_dim, text_len=c.text_len, patch_size=c.patch_size, sim_variants=sims)
         # Start weights, memory-mapped: only headers/shapes are looked at here.
         if cfg.stage == 1 and cfg.model.init == "wan":
-            self.start = read_weights(cfg.model.wan_checkpoint)
+            self.start = read_weights(cfg.model.wan_checkpoint, "model.wan_checkpoint")
             check_wan_i2v(self.start, c, cfg.model.wan_checkpoint)
         else:
             if not cfg.model.steadydancer_checkpoint:
-                raise ValueError(f"stage {cfg.stage} needs model.steadydancer_checkpoint "
-                                 f"({'the previous stage dit_merged/' if cfg.stage > 1 else 'a SteadyDancer DiT'})")
-            self.start = read_weights(cfg.model.steadydancer_checkpoint)
+                raise ConfigError(f"stage {cfg.stage} needs model.steadydancer_checkpoint "
+                                  f"({'the previous stage dit_merged/' if cfg.stage > 1 else 'a SteadyDancer DiT'})")
+            self.start = read_weights(cfg.model.steadydancer_checkpoint, "model.steadydancer_checkpoint")
             check_steadydancer(self.start, c, cfg.model.steadydancer_checkpoint)
         self.teacher_weights = None
         if cfg.stage == 2:
+            teacher_key = "model.teacher_checkpoint" if cfg.model.teacher_checkpoint else "model.wan_checkpoint"
             teacher_path = cfg.model.teacher_checkpoint or cfg.model.wan_checkpoint
             if not teacher_path:
-                raise ValueError("stage 2 needs the Wan2.1-I2V teacher: model.teacher_checkpoint or model.wan_checkpoint")
-            self.teacher_weights = read_weights(teacher_path)
+                raise ConfigError("stage 2 needs the Wan2.1-I2V teacher: model.teacher_checkpoint or model.wan_checkpoint")
+            self.teacher_weights = read_weights(teacher_path, teacher_key)
             check_wan_i2v(self.teacher_weights, c, teacher_path)
+        self.run_id = uuid.uuid4().hex
         self.resume_from = checkpointing.find_resume(self.out, self.resume)
         if self.resume_from is not None:
-            meta = checkpointing.read_meta(self.resume_from)
-            if meta.get("stage") != cfg.stage or meta.get("fingerprint") != cfg.fingerprint():
-                raise ValueError(f"checkpoint {self.resume_from} is from stage {meta.get('stage')} with config fingerprint "
-                                 f"{meta.get('fingerprint')}; this run is stage {cfg.stage}, {cfg.fingerprint()}")
+            self.check_resume_point()
 
     # ---- models ------------------------------------------------------------------------------
     def build(self) -> None:
@@ -224,7 +274,8 @@ class StageRunner:
 
     # ---- saving ------------------------------------------------------------------------------
     def save(self, step: int) -> None:
-        meta = {"stage": self.cfg.stage, "fingerprint": self.cfg.fingerprint(), "world_size": self.info.world}
+        meta = {"stage": self.cfg.stage, "fingerprint": self.cfg.fingerprint(), "world_size": self.info.world,
+                "run_id": self.run_id}
         checkpointing.save_checkpoint(self.out, step, self.model, self.optimizer, meta, self.info, self.cfg.run.keep_last)
 
     def export(self, step: int, target: Path) -> None:
@@ -239,14 +290,26 @@ class StageRunner:
     def write_run_info(self) -> None:
         if not self.info.is_main:
             return
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.resolved.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
         info = {"git_commit": _git_commit(), "world_size": self.info.world, "strategy": self.strategy,
                 "device": str(self.info.device), "torch": torch.__version__, "python": platform.python_version(),
                 "fingerprint": self.cfg.fingerprint(), "clips": len(self.clips),
                 "global_batch": self.info.world * self.cfg.optim.grad_accum,
                 "trainable_parameters": sum(p.numel() for p in self.params)}  # DTensor.numel() is the global size
-        (self.out / "run_info.json").write_text(json.dumps(info, indent=2))
+        for name, text in (("config.resolved.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False)),
+                           ("run_info.json", json.dumps(info, indent=2))):
+            with atomic_path(self.out / name) as temporary:
+                temporary.write_text(text)
+
+    def discard_earlier_run(self) -> None:
+        """``overwrite``: delete the earlier run's outputs (only :data:`RUN_OUTPUTS`; other files stay)."""
+        if self.overwrite and self.info.is_main:
+            for name in RUN_OUTPUTS:
+                path = self.out / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+        barrier(self.info)
 
     # ---- the loop ----------------------------------------------------------------------------
     def check_only(self) -> None:
@@ -259,6 +322,7 @@ class StageRunner:
         try:
             self.preflight()
             self.build()
+            self.discard_earlier_run()  # only now: every check has passed and the model is built
             return self._loop()
         finally:
             shutdown(self.info)
@@ -301,13 +365,21 @@ class StageRunner:
                 done = step + 1
                 if done % cfg.run.save_every == 0 or done == self.total_steps:
                     self.save(done)
-                    if cfg.run.export_on_save and done != self.total_steps:
+                    if cfg.run.export_on_save and done != cfg.optim.steps:
                         self.export(done, self.out / "exports" / f"step_{done:06d}")
-            if start < self.total_steps or not (self.out / "final").exists():
+            if self.partial:
+                self.report_partial()
+            elif start < self.total_steps or not (self.out / "final").exists():
                 self.export(self.total_steps, self.out / "final")
         finally:
             log.close()
         return records
+
+    def report_partial(self) -> None:
+        if self.info.is_main:
+            print(f"stopped at step {self.total_steps} of {self.cfg.optim.steps} (--max_steps): checkpoint "
+                  f"{checkpointing.step_dir(self.out, self.total_steps)}; final/ is written when the run completes "
+                  "(continue with --resume auto)", file=sys.stderr)
 
     def _clip(self) -> float:
         if self.cfg.optim.grad_clip <= 0:
@@ -318,5 +390,6 @@ class StageRunner:
         return float(norm)
 
 
-def run_stage(cfg: TrainConfig, resume: str = "", max_steps: int | None = None) -> list[dict[str, Any]]:
-    return StageRunner(cfg, resume, max_steps).run()
+def run_stage(cfg: TrainConfig, resume: str = "", max_steps: int | None = None,
+              overwrite: bool = False) -> list[dict[str, Any]]:
+    return StageRunner(cfg, resume, max_steps, overwrite).run()
