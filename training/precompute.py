@@ -15,7 +15,8 @@ import _script  # noqa: E402  (puts the repository root and training/ on sys.pat
 
 import torch  # noqa: E402
 
-from steadydancer_train.config import load_config  # noqa: E402
+from steadydancer_core.atomic_output import check_output_path  # noqa: E402
+from steadydancer_train.config import load_config, require  # noqa: E402
 from steadydancer_train.manifest import read_manifest  # noqa: E402
 from steadydancer_train.model_setup import resolve_arch  # noqa: E402
 from steadydancer_train.precompute_clips import precompute, write_summary  # noqa: E402
@@ -27,8 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.set)
-    if not cfg.data.manifest or not cfg.data.cache_dir:
-        parser.error("the config needs data.manifest and data.cache_dir")
+    require(cfg, "data.manifest", "data.cache_dir")
+    # The cache is resumable (finished clips are skipped), so an existing one is continued, not refused.
+    check_output_path(cfg.data.cache_dir, "data.cache_dir", folder=True, existing_ok=True)
     config = resolve_arch(cfg.model.arch)
     entries, problems = read_manifest(cfg.data.manifest)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from steadydancer_core.atomic_output import atomic_path
+from steadydancer_core.errors import InputError
+
 KNOWN_FIELDS = {"id", "video", "prompt", "keypoints", "pose_video", "height", "width"}
 
 
@@ -70,7 +73,7 @@ def read_manifest(path: str | Path) -> tuple[list[ClipEntry], list[dict[str, str
     """Entries and the problems of lines that cannot be used (reported, never fatal for the others)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"manifest not found: {path}")
+        raise InputError(f"manifest not found: {path}")
     entries: list[ClipEntry] = []
     problems: list[dict[str, str]] = []
     seen: set[str] = set()
@@ -91,6 +94,7 @@ def read_manifest(path: str | Path) -> tuple[list[ClipEntry], list[dict[str, str
 
 
 def write_manifest(path: str | Path, entries: list[ClipEntry]) -> None:
+    """Write ``metadata.jsonl`` atomically (a failed write leaves the earlier file as it was)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(e.to_json(path.parent)) + "\n" for e in entries))
+    with atomic_path(path) as temporary:
+        temporary.write_text("".join(json.dumps(e.to_json(path.parent)) + "\n" for e in entries))

@@ -23,15 +23,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from steadydancer_core.atomic_output import atomic_path
 from steadydancer_core.conditioning import i2v_mask, output_size, prepare_images
 from steadydancer_core.encoders import (CLIPVisionEncoder, T5TextEncoder, WanVAE, missing_wan_components)
+from steadydancer_core.errors import InputError
 from steadydancer_core.model import DiTConfig
 from steadydancer_core.pose.keypoints import PoseFrame, load_pose_json, select_person
 from steadydancer_core.pose.render import render_frames
 from steadydancer_core.pose.simulation import simulate_variant
 from steadydancer_core.video import VideoReadError, read_video
 
-from .config import TrainConfig
+from .config import TrainConfig, require
 from .data import sim_key, write_cache
 from .distributed import DTYPES
 from .manifest import ClipEntry
@@ -53,14 +55,14 @@ class Encoders:
     def load(cls, folder: str, dtype: torch.dtype, device: torch.device, config: DiTConfig) -> "Encoders":
         problems = missing_wan_components(folder)
         if problems:
-            raise FileNotFoundError("data.encoders_dir is not a Diffusers-format Wan2.1-I2V folder: " + "; ".join(problems))
+            raise InputError("data.encoders_dir is not a Diffusers-format Wan2.1-I2V folder: " + "; ".join(problems))
         vae = WanVAE.from_pretrained(Path(folder) / "vae", torch.float32, device)  # the VAE runs in fp32 (official)
         text = T5TextEncoder.from_pretrained(folder, dtype, device)
         clip = CLIPVisionEncoder.from_pretrained(folder, dtype, device)
         text_dim = int(text.model.config.d_model)
         clip_dim = int(clip.model.config.hidden_size)
         if (text_dim, clip_dim, vae.z_dim) != (config.text_dim, config.clip_dim, config.out_dim):
-            raise ValueError(f"encoders in {folder} give text {text_dim} / CLIP {clip_dim} / latent {vae.z_dim} channels; "
+            raise InputError(f"encoders in {folder} give text {text_dim} / CLIP {clip_dim} / latent {vae.z_dim} channels; "
                              f"model.arch expects {config.text_dim} / {config.clip_dim} / {config.out_dim}")
         return cls(vae, text, clip)
 
@@ -172,7 +174,6 @@ def precompute(cfg: TrainConfig, config: DiTConfig, entries: list[ClipEntry], ra
     """Encode ``entries[rank::world]`` into ``data.cache_dir``; clips whose file exists are skipped
     (files are written atomically, so an existing file is complete)."""
     cache = Path(cfg.data.cache_dir)
-    cache.mkdir(parents=True, exist_ok=True)
     summary = Summary()
     todo = []
     for entry in entries[rank::world]:
@@ -181,7 +182,9 @@ def precompute(cfg: TrainConfig, config: DiTConfig, entries: list[ClipEntry], ra
         else:
             todo.append(entry)
     if todo and encoders is None:
+        require(cfg, "data.encoders_dir")
         encoders = Encoders.load(cfg.data.encoders_dir, DTYPES[cfg.data.encoder_dtype], device, config)
+    cache.mkdir(parents=True, exist_ok=True)  # only once the encoders loaded: a failed start writes nothing
     from tqdm import tqdm
 
     for entry in tqdm(todo, desc=f"precompute rank {rank}", unit="clip", disable=rank != 0):
@@ -205,5 +208,6 @@ def write_summary(cache_dir: str | Path, rank: int, summary: Summary, manifest_p
     data = summary.as_dict()
     if rank == 0:
         data["manifest_problems"] = manifest_problems
-    path.write_text(json.dumps(data, indent=2))
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(data, indent=2))
     return path
