@@ -117,8 +117,8 @@ def test_overwrite_replaces_only_this_commands_outputs(earlier_run: Path, inputs
 
 
 # One row per bad input: the options that differ from a good detecting run ("@name": a file in
-# ``bad_inputs``, CAPITALS: a path made by the test, None: option removed), the expected message. Every row must exit 2 with one line and
-# write nothing.
+# ``bad_inputs``, CAPITALS: a path made by the test, None: option removed), the expected message. Every
+# row must exit 2 with one line and write nothing.
 BAD_INPUTS = [
     ("missing reference", {"--ref": "MISSING"}, "--ref: file not found"),
     ("zero-byte reference", {"--ref": "@empty.png"}, "cannot read"),

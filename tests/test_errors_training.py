@@ -87,6 +87,16 @@ def test_an_earlier_run_is_refused_without_resume_or_overwrite(extra: list[str],
     assert tree_digest(out) == before
 
 
+def test_resuming_another_runs_checkpoint_into_an_earlier_run_is_refused(
+        earlier_run: tuple[Path, Path], finished_run: tuple[Path, Path], capsys: pytest.CaptureFixture) -> None:
+    out, config = earlier_run
+    before = tree_digest(out)
+    other = finished_run[0] / "ckpt" / "step_000002"
+    _fails(capsys, ["--stage", "1", "--config", str(config), "--resume", str(other)],
+           f"--resume {other} is not a checkpoint of the run in run.output_dir {out}")
+    assert tree_digest(out) == before
+
+
 def test_a_failed_overwrite_keeps_the_earlier_run(earlier_run: tuple[Path, Path], tmp_path: Path,
                                                   capsys: pytest.CaptureFixture) -> None:
     out, config = earlier_run
@@ -255,4 +265,5 @@ def test_the_real_script_names_the_yaml_file_and_line(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(REPO / "training" / "run_stage.py"), "--stage", "1", "--config",
                            str(config)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr == f"error: config {config} is not valid YAML (line 4, column 8: expected ',' or ']', but got ':')\n"
+    assert proc.stderr == (f"error: config {config} is not valid YAML "
+                           "(line 4, column 8: expected ',' or ']', but got ':')\n")

@@ -246,7 +246,8 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.optim.steps < 1 or cfg.optim.grad_accum < 1:
         raise ConfigError("optim.steps and optim.grad_accum must be >= 1")
     if cfg.run.save_every < 1 or cfg.run.log_every < 1:
-        raise ConfigError(f"run.save_every and run.log_every must be >= 1, got {cfg.run.save_every} and {cfg.run.log_every}")
+        raise ConfigError(f"run.save_every and run.log_every must be >= 1, got {cfg.run.save_every} and "
+                          f"{cfg.run.log_every}")
     if not cfg.run.output_dir.strip():
         raise ConfigError("config run.output_dir is empty; an empty path would silently mean the current folder")
     if cfg.lora.rank < 1:

@@ -149,9 +149,9 @@ class StageRunner:
         check_output_path(self.out, "run.output_dir", folder=True, existing_ok=bool(self.resume) or self.overwrite,
                           owned=RUN_OUTPUTS, remedy="continue it with --resume auto, replace it with --overwrite, "
                                                     "or choose another run.output_dir")
-        earlier_run = any((self.out / name).exists() for name in RUN_OUTPUTS)
-        own_checkpoints = (self.out / "ckpt").resolve()
-        if self.resume not in ("", "auto") and earlier_run and own_checkpoints not in Path(self.resume).resolve().parents:
+        if self.resume in ("", "auto") or not any((self.out / name).exists() for name in RUN_OUTPUTS):
+            return
+        if (self.out / "ckpt").resolve() not in Path(self.resume).resolve().parents:
             raise InputError(f"--resume {self.resume} is not a checkpoint of the run in run.output_dir {self.out}; "
                              "continue that run from its own ckpt/step_* folders, or start from this checkpoint "
                              "in another run.output_dir")
