@@ -155,10 +155,14 @@ def match_colors(frames: np.ndarray, target: np.ndarray) -> np.ndarray:
     for name, array in (("frames", frames), ("target", target)):
         if array.dtype != np.uint8 or array.shape[-1] != 3 or array.ndim not in (3, 4):
             raise ValueError(f"{name} must be uint8 RGB [.., H, W, 3], got {array.dtype} {tuple(array.shape)}")
+    # match_histograms stores its interpolated values in the input's dtype, truncating them: on uint8 that
+    # darkens every segment by half a level on average, which ``previous`` would accumulate. Values scaled
+    # by 256 into uint16 keep 8 fractional bits, so the result below is rounded, not truncated.
+    scale = np.uint16(256)
     # Stacks of images are one "image" to match_histograms: it pools every axis but the channel axis.
-    pooled_target = target.reshape(-1, 1, 3)
-    matched = match_histograms(frames.reshape(-1, frames.shape[-2], 3), pooled_target, channel_axis=-1)
-    return np.clip(np.rint(matched), 0, 255).astype(np.uint8).reshape(frames.shape)
+    matched = match_histograms(frames.reshape(-1, frames.shape[-2], 3).astype(np.uint16) * scale,
+                               target.reshape(-1, 1, 3).astype(np.uint16) * scale, channel_axis=-1)
+    return ((matched.astype(np.uint32) + scale // 2) // scale).astype(np.uint8).reshape(frames.shape)
 
 
 # ---- the chain ------------------------------------------------------------------------------------

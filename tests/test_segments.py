@@ -198,3 +198,17 @@ def test_segment_chain_rejects_a_renderer_of_the_wrong_length():
     with pytest.raises(ValueError, match="expected uint8 \\[9, H, W, 3\\]"):
         generate_long_video(plan, np.zeros((4, 4, 3), np.uint8), lambda r: np.zeros((5, 4, 4, 3), np.uint8),
                             lambda frames: None)
+
+
+def test_segment_color_match_rounds_instead_of_truncating():
+    # Truncated matching (scikit-image's on uint8 input) would lower every channel by about half a level
+    # per segment; ``previous`` chains the matches, so that bias would accumulate over a long video.
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, (4, 30, 40, 3), dtype=np.uint8)
+    target = rng.normal(128, 30, (50, 40, 3)).clip(0, 255).round().astype(np.uint8)
+    matched = match_colors(frames, target)
+    np.testing.assert_allclose(matched.mean(axis=(0, 1, 2)), target.mean(axis=(0, 1)), atol=0.2)
+    chained = matched
+    for _ in range(10):  # matching onto its own histogram again must not move anything
+        chained = match_colors(chained, matched)
+    np.testing.assert_array_equal(chained, matched)
