@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from cli_checks import run_script, skip_if_root_can_write_anywhere, tree_digest
 from test_pose_cli import models_dir  # noqa: F401  (fixture: tiny DWPose ONNX stand-ins)
@@ -214,6 +215,9 @@ PRECOMPUTE_BAD_INPUTS = [
     ("encoders_dir not a Wan folder", [], "data.encoders_dir is not a Diffusers-format Wan2.1-I2V folder"),
     ("cache_dir is a file", ["data.cache_dir=precompute.yaml"], "data.cache_dir precompute.yaml exists and is a file"),
     ("unknown key", ["data.cache=x"], "unknown config keys in data: ['cache']"),
+    # Where a CUDA device is present, compute.device=cuda is valid.
+    *([] if torch.cuda.is_available() else
+      [("cuda without a device", ["compute.device=cuda"], "compute.device is 'cuda' but no CUDA device")]),
 ]
 
 

@@ -13,10 +13,9 @@ import os
 
 import _script  # noqa: E402  (puts the repository root and training/ on sys.path)
 
-import torch  # noqa: E402
-
 from steadydancer_core.atomic_output import check_output_path  # noqa: E402
 from steadydancer_train.config import load_config, require  # noqa: E402
+from steadydancer_train.distributed import resolve_device  # noqa: E402
 from steadydancer_train.manifest import read_manifest  # noqa: E402
 from steadydancer_train.model_setup import resolve_arch  # noqa: E402
 from steadydancer_train.precompute_clips import precompute, write_summary  # noqa: E402
@@ -34,9 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     config = resolve_arch(cfg.model.arch)
     entries, problems = read_manifest(cfg.data.manifest)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = cfg.compute.device == "cuda" or (cfg.compute.device == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
+    device = resolve_device(cfg.compute.device, int(os.environ.get("LOCAL_RANK", "0")))
     summary = precompute(cfg, config, entries, rank, world, device)
     path = write_summary(cfg.data.cache_dir, rank, summary, problems)
     skipped = summary.skipped + (problems if rank == 0 else [])

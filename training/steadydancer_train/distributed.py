@@ -37,15 +37,21 @@ class DistInfo:
         return self.world > 1
 
 
+def resolve_device(device_choice: str, local_rank: int) -> torch.device:
+    """``compute.device`` (auto | cpu | cuda) for the process with ``local_rank``."""
+    if device_choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("compute.device is 'cuda' but no CUDA device is available (use auto or cpu)")
+    use_cuda = device_choice == "cuda" or (device_choice == "auto" and torch.cuda.is_available())
+    return torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+
+
 def init_distributed(device_choice: str, backend_choice: str) -> DistInfo:
     """Join the torchrun group when launched by torchrun (WORLD_SIZE > 1); single process otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device_choice == "cuda" or (device_choice == "auto" and torch.cuda.is_available())
-    if device_choice == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("compute.device is 'cuda' but no CUDA device is available (use auto or cpu)")
-    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    device = resolve_device(device_choice, local_rank)
+    use_cuda = device.type == "cuda"
     if use_cuda:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
