@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 import sys
 from dataclasses import dataclass
@@ -23,9 +22,9 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import torch
 
-from .atomic_output import atomic_path
+from .atomic_output import atomic_path, check_output_path
 from .encoders import missing_wan_components, missing_weights_message
-from .errors import InputError, OutputError, report_user_errors
+from .errors import InputError, report_user_errors
 from .frame_sources import Frames, ImageFolderFrames, RenderedPoseFrames
 from .pipeline import (
     DEFAULT_FRAMES,
@@ -223,7 +222,9 @@ class Job:
 def prepare(args: argparse.Namespace) -> Job:
     """All checks that need no weights; raises :class:`InputError` with what was expected."""
     video_path, frame0_path = output_paths(args.out)
-    check_outputs((video_path, frame0_path), args.overwrite)
+    for path in (video_path, frame0_path):
+        check_output_path(path, "--out", folder=False, existing_ok=args.overwrite,
+                          remedy="pass --overwrite to replace it (only after a successful run)")
     device = parse_device(args.device)
     if args.steps < 1:
         raise InputError(f"--steps must be >= 1; got {args.steps}")
@@ -270,20 +271,6 @@ def prepare(args: argparse.Namespace) -> Job:
 
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     return Job(reference, poses, negative, settings, options, plan, video_path, frame0_path, device, dtype)
-
-
-def check_outputs(paths: Sequence[Path], overwrite: bool) -> None:
-    """Every output can be written: not an existing file without --overwrite, not a folder, in a folder."""
-    for path in paths:
-        if path.is_dir():
-            raise OutputError(f"output {path} is a folder; expected a file path")
-        if path.exists() and not overwrite:
-            raise OutputError(f"{path} exists; pass --overwrite to replace it (only after a successful run)")
-        folder = next(parent for parent in path.parents if parent.exists())
-        if not folder.is_dir():
-            raise OutputError(f"output folder {folder} is a file; expected a folder")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise OutputError(f"output folder {folder} is not writable")
 
 
 def parse_device(text: str | None) -> torch.device:
