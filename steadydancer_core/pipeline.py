@@ -434,9 +434,11 @@ class SteadyDancerPipeline:
             if seg.index == 0:
                 reference_anchor.update(ref_x=latents.ref_x, ref_c=latents.ref_c)
             clip_features = reference_clip
-            if not request.anchor_is_reference:  # the segment's own first frame and first pose
+            if not request.anchor_is_reference:
+                # The segment's own first frame (output size) and first pose (reference size): two sizes, two calls.
                 anchor_image = frames_to_model_range(request.anchor_frame[None])
-                clip_features = clip_encoder.encode(torch.cat([anchor_image, pose_native[:1]]).to(self.device)).float()
+                clip_features = torch.cat([clip_encoder.encode(image.to(self.device)).float()
+                                           for image in (anchor_image, pose_native[:1])])
             cond = Conditioning(latents=latents, context=context, negative_context=negative_context,
                                 clip_x=clip_features[:1], clip_c=clip_features[1:], reference_frame=reference_frame)
             latent = self.sample(dit, cond, run, replace(settings, frames=seg.length, seed=seg.seed),

@@ -122,6 +122,16 @@ def test_long_video_segment_inputs_equal_an_independent_construction(tiny, monke
             torch.testing.assert_close(cond.clip_c, clip.encode(_minus_one_to_one(first_pose)), rtol=1e-5, atol=1e-5)
 
 
+def test_long_video_segment_anchor_with_a_reference_larger_than_the_output(tiny):
+    # The carried frame is at the output size, the poses at the reference's: CLIP sees both sizes.
+    large = np.array(Image.fromarray(tiny["reference"]).resize((2 * WIDTH, 2 * HEIGHT)))
+    pipe = SteadyDancerPipeline(tiny["wan"], tiny["dit"])
+    chunks: list[np.ndarray] = []
+    pipe.generate(large, tiny["poses"], "a person dances", total_frames=9, emit=chunks.append,
+                  settings=_settings(), options=LongVideoOptions(5, 1, anchor="segment"), progress=False)
+    assert np.concatenate(chunks).shape == (9, HEIGHT, WIDTH, 3)
+
+
 # ---- the CLI ------------------------------------------------------------------------------------
 
 def _cli_args(tiny, out: Path, *extra: str) -> list[str]:
