@@ -106,7 +106,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
     long = parser.add_argument_group("long videos (segments)")
     long.add_argument("--segment-frames", type=int, default=DEFAULT_SEGMENT_FRAMES,
-                      help="frames per segment, 4n+1 (81 = what the model was trained on)")
+                      help="frames per segment, 4n+1 (81 = the official clip length)")
     long.add_argument("--carry-frames", type=int, default=DEFAULT_CARRY_FRAMES,
                       help="last output frames of a segment kept as the next segment's first frames")
     long.add_argument("--anchor", choices=ANCHORS, default=DEFAULT_ANCHOR,
