@@ -4,6 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .image_to_video import SteadyDancerImageToVideo
+from .long_video import SteadyDancerLongVideo
 from .pose import (SteadyDancerAlignPoses, SteadyDancerExtractPoses, SteadyDancerNegativePose,
                    SteadyDancerPoseDetectorLoader, SteadyDancerPosePipeline, SteadyDancerRenderPoses)
 from .sampling import (SteadyDancerDCCFGGuider, SteadyDancerKSampler, SteadyDancerOfficialSampler,
@@ -15,6 +16,7 @@ NODE_LIST: list[type[io.ComfyNode]] = [
     SteadyDancerImageToVideo,
     SteadyDancerDCCFGGuider,
     SteadyDancerKSampler,
+    SteadyDancerLongVideo,
     SteadyDancerOfficialSchedule,
     SteadyDancerOfficialSampler,
     SteadyDancerSaveTextEmbeds,
