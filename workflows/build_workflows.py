@@ -2,7 +2,7 @@
 
 One description per workflow (nodes, widget values in the order ComfyUI lists them, links) is
 turned into both formats so the two can never drift apart; ``tests/comfyui/test_e2e_workflows.py``
-checks both against a running ComfyUI's ``/object_info`` and runs a tiny version of (a).
+checks both against a running ComfyUI's ``/object_info`` and runs tiny versions of (a) and (c).
 
     python workflows/build_workflows.py        # rewrites workflows/*.json
 """
@@ -16,7 +16,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 
 #: Widgets the frontend follows with a hidden "control_after_generate" value ("fixed" here).
-CONTROL_AFTER_GENERATE = {("SteadyDancerKSampler", "seed"), ("SteadyDancerPosePipeline", "seed")}
+CONTROL_AFTER_GENERATE = {("SteadyDancerKSampler", "seed"), ("SteadyDancerPosePipeline", "seed"),
+                          ("SteadyDancerLongVideo", "seed")}
 #: Upload combos add an upload button widget, whose value ("image") comes after all other widgets.
 UPLOAD_WIDGETS = {("LoadImage", "image"), ("SteadyDancerLoadVideo", "video")}
 
@@ -95,9 +96,9 @@ CLIP_VISION, CLIP_VISION_OUTPUT = "CLIP_VISION", "CLIP_VISION_OUTPUT"
 DETECTOR, POSE_KEYPOINT = "STEADYDANCER_POSE_DETECTOR", "POSE_KEYPOINT"
 
 
-def animate_workflow(*, width: int, height: int, length: int, steps: int, text_cfg: float, pose_cfg: float,
-                     sampler: str, scheduler: str, shift: float, prompt: str, lora: str | None,
-                     prefix: str) -> list[Node]:
+def source_nodes(*, width: int, height: int, length: int, shift: float, prompt: str,
+                 lora: str | None) -> list[Node]:
+    """Nodes 1-13 (+ 19 with a LoRA): inputs, poses, CLIP vision, text, VAE and the model (node 13's output)."""
     model_source = (12, 0)
     # Driving video sits in a column of its own: the frontend grows it by the video preview once a
     # file is chosen, so nothing may lie below it.
@@ -142,6 +143,25 @@ def animate_workflow(*, width: int, height: int, length: int, steps: int, text_c
     nodes += [
         Node(13, "ModelSamplingSD3", (760, 1300), [("shift", shift)], inputs=[("model", MODEL, model_source)],
              outputs=[("MODEL", MODEL)]),
+    ]
+    return nodes
+
+
+def save_nodes(images: tuple[int, int], prefix: str, create_pos: tuple[int, int],
+               save_pos: tuple[int, int]) -> list[Node]:
+    """Nodes 17-18: the frames as a 16 fps mp4."""
+    return [
+        Node(17, "CreateVideo", create_pos, [("fps", 16.0)], inputs=[("images", IMAGE, images), ("audio", "AUDIO", None)],
+             outputs=[("VIDEO", VIDEO)]),
+        Node(18, "SaveVideo", save_pos, [("filename_prefix", prefix), ("format", "mp4"), ("codec", "h264")],
+             inputs=[("video", VIDEO, (17, 0))]),
+    ]
+
+
+def animate_workflow(*, width: int, height: int, length: int, steps: int, text_cfg: float, pose_cfg: float,
+                     sampler: str, scheduler: str, shift: float, prompt: str, lora: str | None,
+                     prefix: str) -> list[Node]:
+    return source_nodes(width=width, height=height, length=length, shift=shift, prompt=prompt, lora=lora) + [
         Node(14, "SteadyDancerImageToVideo", (1140, 380),
              [("width", width), ("height", height), ("length", length), ("pose_strength_spatial", 1.0),
               ("pose_strength_temporal", 1.0), ("negative_pose_seed", 0)],
@@ -161,12 +181,30 @@ def animate_workflow(*, width: int, height: int, length: int, steps: int, text_c
              outputs=[("LATENT", LATENT)]),
         Node(16, "VAEDecode", (1900, 380), inputs=[("samples", LATENT, (15, 0)), ("vae", VAE, (11, 0))],
              outputs=[("IMAGE", IMAGE)]),
-        Node(17, "CreateVideo", (1900, 540), [("fps", 16.0)], inputs=[("images", IMAGE, (16, 0)), ("audio", "AUDIO", None)],
-             outputs=[("VIDEO", VIDEO)]),
-        Node(18, "SaveVideo", (2280, 380), [("filename_prefix", prefix), ("format", "mp4"), ("codec", "h264")],
-             inputs=[("video", VIDEO, (17, 0))]),
-    ]
-    return nodes
+    ] + save_nodes((16, 0), prefix, (1900, 540), (2280, 380))
+
+
+def long_video_workflow(*, width: int, height: int, length: int, segment_frames: int, steps: int,
+                        text_cfg: float, pose_cfg: float, sampler: str, scheduler: str, shift: float, prompt: str,
+                        prefix: str) -> list[Node]:
+    """Workflow (a)'s inputs, then SteadyDancer Long Video in place of Image To Video + KSampler + VAE Decode."""
+    return source_nodes(width=width, height=height, length=length, shift=shift, prompt=prompt, lora=None) + [
+        Node(20, "SteadyDancerLongVideo", (1140, 380),
+             [("width", width), ("height", height), ("length", length), ("segment_frames", segment_frames),
+              ("carry_frames", 1), ("anchor", "reference"), ("color_match", "reference"),
+              ("pose_strength_spatial", 1.0), ("pose_strength_temporal", 1.0), ("negative_pose_seed", 0),
+              ("seed", 106060), ("steps", steps), ("text_cfg", text_cfg), ("pose_cfg", pose_cfg),
+              ("pose_start", 0.1), ("pose_end", 0.4), ("formula", "official"), ("sampler_name", sampler),
+              ("scheduler", scheduler)],
+             inputs=[("model", MODEL, (13, 0)), ("positive", COND, (9, 0)), ("negative", COND, (10, 0)),
+                     ("vae", VAE, (11, 0)), ("reference_image", IMAGE, (1, 0)), ("pose_images", IMAGE, (4, 0)),
+                     ("clip_vision_reference", CLIP_VISION_OUTPUT, (6, 0)),
+                     ("clip_vision_first_pose", CLIP_VISION_OUTPUT, (7, 0)),
+                     ("negative_pose_images", IMAGE, (4, 1)), ("pose_keypoints", POSE_KEYPOINT, None),
+                     # Only anchor = segment uses it (CLIP of each segment's first frame and pose).
+                     ("clip_vision", CLIP_VISION, None)],
+             outputs=[("frames", IMAGE)]),
+    ] + save_nodes((20, 0), prefix, (1520, 380), (1900, 380))
 
 
 WORKFLOWS = {
@@ -180,6 +218,11 @@ WORKFLOWS = {
         width=480, height=832, length=81, steps=4, text_cfg=1.0, pose_cfg=1.0, sampler="euler", scheduler="simple",
         shift=5.0, lora="lightx2v_I2V_14B_480p_cfg_step_distill_rank64_bf16.safetensors",
         prefix="steadydancer/preview", prompt="A person dancing, smooth natural motion, high quality, detailed."),
+    # (c) long video: (a)'s settings over 241 frames (15 s) = 3 segments of 81 frames carrying 1 (81 + 80 + 80).
+    "steadydancer_long_video": long_video_workflow(
+        width=576, height=1024, length=241, segment_frames=81, steps=40, text_cfg=5.0, pose_cfg=1.0,
+        sampler="steadydancer_unipc", scheduler="steadydancer_official", shift=5.0, prefix="steadydancer/long_video",
+        prompt="A person dancing, smooth natural motion, high quality, detailed."),
 }
 
 

@@ -4,8 +4,8 @@ Starts ``main.py --cpu`` with the pack loaded from this checkout (a symlink in a
 custom_nodes folder named by ``--extra-model-paths-config``) and tiny generated models: a tiny
 SteadyDancer DiT in the released key layout, a random full-architecture Wan2.1 VAE, a random
 ViT-L CLIP vision model, tiny constant DWPose ONNX graphs and text embeds saved in the pack's
-format. Checks the shipped workflows against ``/object_info`` and runs a tiny version of workflow
-(a) through ``POST /prompt``.
+format. Checks the shipped workflows against ``/object_info`` and runs tiny versions of workflows
+(a) and (c) (long video, several segments) through ``POST /prompt``.
 """
 from __future__ import annotations
 
@@ -35,6 +35,9 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 FILE_WIDGETS = {"unet_name", "clip_name", "vae_name", "lora_name", "image", "video", "detector_model",
                 "pose_model", "embeds"}
 WIDTH, HEIGHT, LENGTH = 32, 48, 5
+#: Workflow (c) shrunk: 13 frames in segments of 5 carrying 1 = 3 segments (output frames 0-4, 5-8, 9-12).
+LONG_LENGTH, SEGMENT_FRAMES = 13, 5
+DRIVING_FRAMES = 17
 @pytest.fixture(scope="module")
 def comfy_env(tmp_path_factory):
     comfyui = harness.skip_without_comfyui()
@@ -64,7 +67,8 @@ def comfy_env(tmp_path_factory):
     (root / "input").mkdir()
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (96, 64, 3), dtype=np.uint8)).save(root / "input" / "reference.png")
-    write_video(rng.integers(0, 255, (9, 96, 64, 3), dtype=np.uint8), root / "input" / "driving.mp4", fps=16.0)
+    write_video(rng.integers(0, 255, (DRIVING_FRAMES, 96, 64, 3), dtype=np.uint8), root / "input" / "driving.mp4",
+                fps=16.0)
 
     yaml = root / "extra_model_paths.yaml"
     yaml.write_text("steadydancer_e2e:\n"
@@ -136,35 +140,61 @@ def test_workflow_matches_object_info_and_api_json(comfy_env, ui_path):
         assert ui_links == api_links, f"{ui_path.name}: links of node {node_id} ({node_type})"
 
 
-def tiny_workflow_a() -> dict:
-    """Workflow (a) with the tiny models, the text-embeds loader in place of umT5 and a tiny size."""
-    prompt = copy.deepcopy(json.loads((WORKFLOWS / "steadydancer_animate_api.json").read_text()))
+def tiny_sources(workflow: str, length: int, prefix: str) -> dict:
+    """The API JSON of ``workflow`` with the tiny models, the text-embeds loader in place of umT5, a tiny
+    size and ``length`` frames read and posed (nodes 1-13 and the save node are shared by (a), (b), (c))."""
+    prompt = copy.deepcopy(json.loads((WORKFLOWS / f"{workflow}_api.json").read_text()))
     del prompt["8"]  # CLIPLoader: the text comes from saved embeds
     for node_id, name in (("9", "positive.safetensors"), ("10", "negative.safetensors")):
         prompt[node_id] = {"class_type": "SteadyDancerLoadTextEmbeds", "inputs": {"embeds": name}}
-    prompt["2"]["inputs"]["max_frames"] = 9
+    prompt["2"]["inputs"]["max_frames"] = length
+    prompt["4"]["inputs"].update(width=WIDTH, height=HEIGHT, length=length)
     prompt["5"]["inputs"]["clip_name"] = "clip_vision_vitl_random.safetensors"
     prompt["11"]["inputs"]["vae_name"] = "wan_2.1_vae_random.safetensors"
     prompt["12"]["inputs"]["unet_name"] = "steadydancer_tiny.safetensors"
-    for node_id in ("4", "14"):
-        prompt[node_id]["inputs"].update(width=WIDTH, height=HEIGHT, length=LENGTH)
-    prompt["15"]["inputs"]["steps"] = 4
-    prompt["18"]["inputs"]["filename_prefix"] = "e2e/tiny"
+    prompt["18"]["inputs"]["filename_prefix"] = prefix
     return prompt
 
 
-def test_tiny_workflow_a_produces_the_video(comfy_env):
+def tiny_workflow_a() -> dict:
+    """Workflow (a) shrunk to 32x48x5 (the pose pipeline reads 9 driving frames)."""
+    prompt = tiny_sources("steadydancer_animate", LENGTH, "e2e/tiny")
+    prompt["2"]["inputs"]["max_frames"] = 9
+    prompt["14"]["inputs"].update(width=WIDTH, height=HEIGHT, length=LENGTH)
+    prompt["15"]["inputs"]["steps"] = 4
+    return prompt
+
+
+def tiny_workflow_c() -> dict:
+    """Workflow (c) shrunk to 32x48, 13 frames in three segments, 2 steps each."""
+    prompt = tiny_sources("steadydancer_long_video", LONG_LENGTH, "e2e/tiny_long")
+    prompt["20"]["inputs"].update(width=WIDTH, height=HEIGHT, length=LONG_LENGTH, segment_frames=SEGMENT_FRAMES,
+                                  steps=2)
+    return prompt
+
+
+def run_and_read_video(comfy_env, prompt: dict) -> list[np.ndarray]:
+    """Post ``prompt``, wait for success and return the frames of the mp4 its SaveVideo (node 18) wrote."""
     server, root = comfy_env
-    status, reply = server.post_prompt(tiny_workflow_a())
+    status, reply = server.post_prompt(prompt)
     assert status == 200, reply
     entry = server.wait_for_history(reply["prompt_id"], timeout_s=900)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[-4000:]
     saved = entry["outputs"]["18"]["images"][0]
-    path = root / "output" / saved["subfolder"] / saved["filename"]
-    with av.open(str(path)) as container:
+    with av.open(str(root / "output" / saved["subfolder"] / saved["filename"])) as container:
         frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
-    assert len(frames) == LENGTH
-    assert frames[0].shape == (HEIGHT, WIDTH, 3)
+    assert frames and frames[0].shape == (HEIGHT, WIDTH, 3)
+    return frames
+
+
+def test_tiny_workflow_a_produces_the_video(comfy_env):
+    assert len(run_and_read_video(comfy_env, tiny_workflow_a())) == LENGTH
+
+
+def test_tiny_workflow_c_long_video_gives_exactly_n_frames(comfy_env):
+    """Workflow (c) on the real server: three segments, one mp4 of exactly LONG_LENGTH frames."""
+    assert len(run_and_read_video(comfy_env, tiny_workflow_c())) == LONG_LENGTH
+    assert "segments: 3 (5 frames each, 1 carried, 13 output frames)" in comfy_env[0].log_tail(200_000)
 
 
 def test_broken_inputs_give_clear_errors_and_server_keeps_serving(comfy_env):
