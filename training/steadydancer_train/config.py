@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -178,19 +179,18 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 
 
 def _number(value: Any, path: str, kind: type) -> int | float:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if kind is int else float(value)  # ints kept exact (a float would round large seeds)
+    number = None
     # YAML 1.1 reads 1e-4 (no dot, unsigned exponent) as a string, so numeric strings are accepted.
-    what = "an integer" if kind is int else "a number"
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ConfigError(f"config {path} must be {what}, got {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise ConfigError(f"config {path} must be {what}, got {value!r}") from None
-    if kind is int:
-        if not number.is_integer():
-            raise ConfigError(f"config {path} must be an integer, got {value!r}")
-        return int(number)
-    return number
+    if isinstance(value, (float, str)):
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+    if number is None or not math.isfinite(number) or (kind is int and not number.is_integer()):
+        raise ConfigError(f"config {path} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+    return int(number) if kind is int else number
 
 
 def _convert(value: Any, hint: Any, path: str) -> Any:
