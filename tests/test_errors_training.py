@@ -24,7 +24,7 @@ import run_stage as run_stage_script  # noqa: E402
 
 from steadydancer_core.errors import InputError  # noqa: E402
 from steadydancer_train.checkpointing import read_meta  # noqa: E402
-from steadydancer_train.synthetic import write_training_fixture  # noqa: E402
+from steadydancer_train.synthetic import MICRO, write_random_cache, write_training_fixture  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_FILES = ["ckpt", "config.resolved.yaml", "final", "metrics.jsonl", "run_info.json"]
@@ -189,6 +189,12 @@ def _corrupt_cache(root: Path) -> Path:
     return cache
 
 
+def _other_model_cache(root: Path) -> Path:
+    """A cache precomputed for a model with another text width."""
+    write_random_cache(root / "other_cache", MICRO.replace(text_dim=8), 1, clip_tokens=9)
+    return root / "other_cache"
+
+
 BAD_YAML = _file("bad.yaml", "stage: 1\noptim:\n  lr: [0.1\n  steps: 3\n")
 
 # One row per bad input: what differs from a good stage-1 run ("config": the config file, "set": --set
@@ -209,6 +215,9 @@ BAD_INPUTS = [
     ("empty output_dir", {"set": {"run.output_dir": ""}}, "config run.output_dir is empty"),
     ("save_every 0", {"set": {"run.save_every": "0"}}, "run.save_every and run.log_every must be >= 1"),
     ("corrupt cache file", {"set": {"data.cache_dir": _corrupt_cache}}, "unreadable cache file"),
+    ("cache of another model size", {"set": {"data.cache_dir": _other_model_cache}},
+     "clip0000.safetensors: context has shape [5, 8], expected [L <= 16, 32]"),
+    ("frame count not 4n+1", {"set": {"data.num_frames": "80"}}, "data.num_frames must be 4n+1"),
     ("missing start checkpoint", {"set": {"model.wan_checkpoint": lambda root: root / "absent.safetensors"}},
      "model.wan_checkpoint: checkpoint not found"),
     ("zero-byte start checkpoint", {"set": {"model.wan_checkpoint": _file("zero.safetensors", b"")}},
