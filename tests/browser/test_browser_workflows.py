@@ -39,6 +39,8 @@ def comfyui() -> Path:
 
 #: Workflow (a): reference image + driving video -> mp4 with alignment, negative pose, DC-CFG.
 ANIMATE = WORKFLOWS_DIR / "steadydancer_animate.json"
+#: Workflow (c): the same inputs -> SteadyDancer Long Video (segments) -> mp4. Same file names as (a).
+LONG_VIDEO = WORKFLOWS_DIR / "steadydancer_long_video.json"
 
 
 @pytest.fixture(scope="module")
@@ -122,11 +124,13 @@ def test_ui_workflow_loads_like_a_dropped_file(app: ComfyPage, server: ComfyServ
     assert picture.stat().st_size > 10_000  # a rendered graph, not an empty canvas
 
 
-def test_tiny_workflow_a_runs_from_the_page(app: ComfyPage, server: ComfyServer, root: Path) -> None:
-    """Workflow (a) loaded in the page, made tiny through its widgets, run with the Run button's call."""
-    from tests.browser.tiny_run import DRIVING_FRAMES, HEIGHT, LENGTH, STEPS, WIDTH
+def run_tiny_from_the_page(app: ComfyPage, server: ComfyServer, root: Path, path: Path, length: int,
+                           widgets: dict[str, dict[str, object]]) -> list:
+    """Load ``path`` in the page, make it tiny through its widgets (``widgets``: node type -> values), run it
+    with the Run button's call and return the frames of the saved mp4."""
+    from tests.browser.tiny_run import DRIVING_FRAMES, HEIGHT, WIDTH
 
-    problems = app.load_workflow(json.loads(ANIMATE.read_text()), ANIMATE.name)
+    problems = app.load_workflow(json.loads(path.read_text()), path.name)
     assert problems == []
     # The text comes from saved embeds (the 11 GB umT5 cannot be made tiny): swap each text
     # encoder for the embeds loader and drop the now unused CLIP loader.
@@ -134,14 +138,12 @@ def test_tiny_workflow_a_runs_from_the_page(app: ComfyPage, server: ComfyServer,
         app.replace_node(int(node_id), "SteadyDancerLoadTextEmbeds", {"embeds": embeds})
     for node_id in app.node_ids("CLIPLoader"):
         app.remove_node(node_id)
-    for node_id in app.node_ids("SteadyDancerLoadVideo"):
-        app.set_widget(node_id, "max_frames", DRIVING_FRAMES)
-    for node_type in ("SteadyDancerPosePipeline", "SteadyDancerImageToVideo"):
+    widgets = {"SteadyDancerLoadVideo": {"max_frames": DRIVING_FRAMES},
+               "SteadyDancerPosePipeline": {"width": WIDTH, "height": HEIGHT, "length": length}, **widgets}
+    for node_type, values in widgets.items():
         for node_id in app.node_ids(node_type):
-            for name, value in (("width", WIDTH), ("height", HEIGHT), ("length", LENGTH)):
+            for name, value in values.items():
                 app.set_widget(node_id, name, value)
-    for node_id in app.node_ids("SteadyDancerKSampler"):
-        app.set_widget(node_id, "steps", STEPS)
 
     run = app.queue_and_wait(timeout_s=900)
     assert run.succeeded, f"execution failed: {run.errors()}\n{server.log_tail()}"
@@ -156,5 +158,25 @@ def test_tiny_workflow_a_runs_from_the_page(app: ComfyPage, server: ComfyServer,
     video = root / "output" / saved["subfolder"] / saved["filename"]
     with av.open(str(video)) as container:
         frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    assert frames and frames[0].shape == (HEIGHT, WIDTH, 3)
+    return frames
+
+
+def test_tiny_workflow_a_runs_from_the_page(app: ComfyPage, server: ComfyServer, root: Path) -> None:
+    """Workflow (a) loaded in the page, made tiny through its widgets, run with the Run button's call."""
+    from tests.browser.tiny_run import HEIGHT, LENGTH, STEPS, WIDTH
+
+    frames = run_tiny_from_the_page(app, server, root, ANIMATE, LENGTH, {
+        "SteadyDancerImageToVideo": {"width": WIDTH, "height": HEIGHT, "length": LENGTH},
+        "SteadyDancerKSampler": {"steps": STEPS}})
     assert len(frames) == LENGTH
-    assert frames[0].shape == (HEIGHT, WIDTH, 3)
+
+
+def test_tiny_workflow_c_long_video_runs_from_the_page(app: ComfyPage, server: ComfyServer, root: Path) -> None:
+    """Workflow (c) from the page: three segments, an mp4 of exactly the requested frame count."""
+    from tests.browser.tiny_run import HEIGHT, LONG_LENGTH, SEGMENT_FRAMES, STEPS, WIDTH
+
+    frames = run_tiny_from_the_page(app, server, root, LONG_VIDEO, LONG_LENGTH, {
+        "SteadyDancerLongVideo": {"width": WIDTH, "height": HEIGHT, "length": LONG_LENGTH,
+                                  "segment_frames": SEGMENT_FRAMES, "steps": STEPS}})
+    assert len(frames) == LONG_LENGTH

@@ -22,8 +22,10 @@ from tests.test_pose_detect_models import build_dwpose, build_yolox, simcc_for_k
 
 #: Output size of the tiny run (multiples of 16, 4n+1 frames) and the driving clip it reads.
 WIDTH, HEIGHT, LENGTH = 32, 48, 5
-DRIVING_FRAMES = 9
+DRIVING_FRAMES = 13
 STEPS = 2
+#: Workflow (c) shrunk: 13 frames in segments of 5 carrying 1 = 3 segments.
+LONG_LENGTH, SEGMENT_FRAMES = 13, 5
 
 
 def widget_value(workflow: dict, node_type: str, index: int) -> object:
