@@ -122,6 +122,36 @@ def test_overwrite_replaces_only_the_runs_own_files(earlier_run: tuple[Path, Pat
     assert tree_digest(out / "final").keys() == old_final.keys() and tree_digest(out / "final") != old_final
 
 
+def test_an_overwrite_that_fails_mid_run_puts_the_earlier_run_back(earlier_run: tuple[Path, Path],
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    from steadydancer_train import trainer
+
+    out, config = earlier_run
+    before = tree_digest(out)
+    real_lr_at = trainer.lr_at
+
+    def fail_at_step_two(cfg, step):  # a crash after the new run wrote its first checkpoint
+        if step == 2:
+            raise RuntimeError("CUDA out of memory at step 2")
+        return real_lr_at(cfg, step)
+
+    monkeypatch.setattr(trainer, "lr_at", fail_at_step_two)
+    with pytest.raises(RuntimeError, match="step 2"):
+        run_script(run_stage_script, ["--stage", "1", "--config", str(config), "--overwrite", "--set", "seed=8"])
+    after = tree_digest(out)
+    failed = {name: digest for name, digest in after.items() if name.startswith(trainer.FAILED_RUN)}
+    assert {name: digest for name, digest in after.items() if name not in failed} == before
+    # The failed run's outputs are kept aside, not lost: its metrics and its first checkpoint.
+    assert f"{trainer.FAILED_RUN}/metrics.jsonl" in failed and f"{trainer.FAILED_RUN}/ckpt" in failed
+    assert _metric_steps(out / trainer.FAILED_RUN) == [1, 2]
+    # A folder left with a run set aside (a killed --overwrite) is refused until the user sorts it out.
+    (out / trainer.REPLACED_RUN).mkdir()
+    capsys.readouterr()
+    assert run_script(run_stage_script, ["--stage", "1", "--config", str(config), "--overwrite"]) == 2
+    assert "an earlier run that an interrupted --overwrite set aside" in capsys.readouterr().err
+
+
 def test_a_partial_run_writes_no_final_until_resumed_to_the_end(fixture_dir: Path, tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "partial"

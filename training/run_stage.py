@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", default="", help="'auto' (latest checkpoint of output_dir, if any) or a step folder")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the earlier run in output_dir (its metrics, checkpoints and exports; other files "
-                             "stay), deleted once every check has passed")
+                             "stay): set aside in .replaced_run/ once every check has passed, deleted when this run "
+                             "ends well, put back if it fails")
     parser.add_argument("--max_steps", type=int, default=None,
                         help="stop after this many steps (a partial run: checkpoint, no final/; resume later)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",

@@ -13,6 +13,7 @@ trained all ``optim.steps`` writes (DESIGN D13).
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -45,6 +46,9 @@ from .model_setup import (WRAPPER_PREFIX, build_dit_module, check_steadydancer, 
 
 #: What a run writes into run.output_dir; --overwrite replaces these and nothing else in the folder.
 RUN_OUTPUTS = ("metrics.jsonl", "run_info.json", "config.resolved.yaml", "ckpt", "final", "exports")
+#: Where --overwrite keeps the earlier run while the new one trains, and a failed new run's outputs.
+REPLACED_RUN = ".replaced_run"
+FAILED_RUN = ".failed_run"
 
 
 @dataclass
@@ -127,9 +131,10 @@ class StageRunner:
     """Holds everything of one run; ``run()`` trains, checkpoints, exports.
 
     ``resume``: "" (a new run), "auto" (the latest checkpoint of ``run.output_dir``, if any) or a step folder.
-    ``overwrite``: replace an earlier run in ``run.output_dir`` (its :data:`RUN_OUTPUTS` are deleted once
-    every check has passed and the model is built; a run's checkpoints are too large to keep two runs'
-    worth). ``max_steps`` stops early, before ``optim.steps``: a partial run, resumable, without ``final/``."""
+    ``overwrite``: replace an earlier run in ``run.output_dir``: once every check has passed and the model is
+    built, its :data:`RUN_OUTPUTS` are moved aside into :data:`REPLACED_RUN` (a rename, no copy), deleted when
+    this run ends well and put back if it fails (the failed run's own outputs then go to :data:`FAILED_RUN`,
+    so nothing is lost; the earlier checkpoints take their disk space until the end). ``max_steps`` stops early, before ``optim.steps``: a partial run, resumable, without ``final/``."""
 
     def __init__(self, cfg: TrainConfig, resume: str = "", max_steps: int | None = None,
                  overwrite: bool = False) -> None:
@@ -149,6 +154,9 @@ class StageRunner:
         check_output_path(self.out, "run.output_dir", folder=True, existing_ok=bool(self.resume) or self.overwrite,
                           owned=RUN_OUTPUTS, remedy="continue it with --resume auto, replace it with --overwrite, "
                                                     "or choose another run.output_dir")
+        if (self.out / REPLACED_RUN).exists():
+            raise InputError(f"run.output_dir {self.out} holds {REPLACED_RUN}/, an earlier run that an interrupted "
+                             "--overwrite set aside; move its contents back into the folder or delete it")
         if self.resume in ("", "auto") or not any((self.out / name).exists() for name in RUN_OUTPUTS):
             return
         if (self.out / "ckpt").resolve() not in Path(self.resume).resolve().parents:
@@ -300,16 +308,27 @@ class StageRunner:
             with atomic_path(self.out / name) as temporary:
                 temporary.write_text(text)
 
-    def discard_earlier_run(self) -> None:
-        """``overwrite``: delete the earlier run's outputs (only :data:`RUN_OUTPUTS`; other files stay)."""
+    def set_earlier_run_aside(self) -> None:
+        """``overwrite``: move the earlier run's outputs (only :data:`RUN_OUTPUTS`) into :data:`REPLACED_RUN`."""
         if self.overwrite and self.info.is_main:
-            for name in RUN_OUTPUTS:
-                path = self.out / name
-                if path.is_dir():
-                    shutil.rmtree(path)
-                elif path.exists():
-                    path.unlink()
+            _move_outputs(self.out, self.out / REPLACED_RUN)
         barrier(self.info)
+
+    def finish_overwrite(self, succeeded: bool) -> None:
+        """Delete the earlier run after a good run; after a failure put it back, keeping the new outputs."""
+        aside = self.out / REPLACED_RUN
+        if not (self.overwrite and self.info.is_main and aside.exists()):
+            return
+        if succeeded:
+            shutil.rmtree(aside)
+            return
+        failed = self.out / FAILED_RUN
+        if failed.exists():
+            shutil.rmtree(failed)
+        _move_outputs(self.out, failed)
+        _move_outputs(aside, self.out)
+        aside.rmdir()
+        print(f"the earlier run in {self.out} was restored; this run's outputs are in {failed}", file=sys.stderr)
 
     # ---- the loop ----------------------------------------------------------------------------
     def check_only(self) -> None:
@@ -322,8 +341,14 @@ class StageRunner:
         try:
             self.preflight()
             self.build()
-            self.discard_earlier_run()  # only now: every check has passed and the model is built
-            return self._loop()
+            self.set_earlier_run_aside()  # only now: every check has passed and the model is built
+            try:
+                records = self._loop()
+            except BaseException:
+                self.finish_overwrite(succeeded=False)
+                raise
+            self.finish_overwrite(succeeded=True)
+            return records
         finally:
             shutdown(self.info)
 
@@ -393,3 +418,11 @@ class StageRunner:
 def run_stage(cfg: TrainConfig, resume: str = "", max_steps: int | None = None,
               overwrite: bool = False) -> list[dict[str, Any]]:
     return StageRunner(cfg, resume, max_steps, overwrite).run()
+
+
+def _move_outputs(source: Path, target: Path) -> None:
+    """Rename the run outputs present in ``source`` into ``target`` (same file system: nothing is copied)."""
+    target.mkdir(exist_ok=True)
+    for name in RUN_OUTPUTS:
+        if (source / name).exists():
+            os.replace(source / name, target / name)
