@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from steadydancer_core import cli_animate, encoders, pipeline
+from steadydancer_core import cli_animate, pipeline
 from steadydancer_core.conditioning import i2v_mask
 from steadydancer_core.encoders import CLIPVisionEncoder, WanVAE
-from steadydancer_core.model import checkpoint
 from steadydancer_core.pipeline import LongVideoOptions, SamplingSettings, SteadyDancerPipeline
 from steadydancer_core.segments import plan_segments, segment_seed
+from test_cli_animate import _forbid_loading
 from tiny_models import build_tiny_dit_checkpoint, build_tiny_wan_dir
 
 HEIGHT, WIDTH = 32, 48
@@ -162,15 +162,6 @@ def test_long_video_cli_writes_exactly_n_frames_over_several_segments(tiny, tmp_
     frame0 = np.asarray(Image.open(tmp_path / "long_frame0.png"))
     np.testing.assert_array_equal(frame0, tiny["reference"])
     assert not list(tmp_path.glob(".*partial*"))  # no temporary file left behind
-
-
-def _forbid_loading(monkeypatch) -> None:
-    def refuse(*_args, **_kwargs):
-        raise AssertionError("weights were loaded")
-
-    for cls in (encoders.WanVAE, encoders.T5TextEncoder, encoders.CLIPVisionEncoder):
-        monkeypatch.setattr(cls, "from_pretrained", refuse)
-    monkeypatch.setattr(checkpoint, "load_dit", refuse)
 
 
 @pytest.mark.parametrize("weights", ["present", "missing"])
