@@ -110,11 +110,11 @@ class SteadyDancerLongVideo(io.ComfyNode):
                                      "(241 = 15 s at 16 fps)."),
                 io.Int.Input("segment_frames", default=segments.DEFAULT_SEGMENT_FRAMES, min=5,
                              max=comfy_nodes.MAX_RESOLUTION, step=4,
-                             tooltip="Frames generated per segment, 4n+1 (81 = what SteadyDancer was trained on)."),
+                             tooltip="Frames generated per segment, 4n+1 (81 = the official clip length)."),
                 io.Int.Input("carry_frames", default=segments.DEFAULT_CARRY_FRAMES, min=1,
                              max=comfy_nodes.MAX_RESOLUTION,
                              tooltip="Last frames of each segment kept as the first frames of the next "
-                                     "(1 = the training setting; more = smoother motion across joins)."),
+                                     "(1 = as trained, where frame 0 alone was kept; more = more motion context, not measured)."),
                 io.Combo.Input("anchor", options=list(segments.ANCHORS), default=segments.DEFAULT_ANCHOR,
                                tooltip="reference = every segment keeps the reference image and first pose as "
                                        "identity (ref tokens, CLIP); segment = each segment's own first frame "
