@@ -453,7 +453,7 @@ class SteadyDancerPipeline:
                                 color_match=options.color_match)
         finally:
             bar.close()
-            del dit
+            dit = None  # drop the last reference so _free_memory can return the DiT's memory
             self._free_memory()
         return plan
 

@@ -120,7 +120,6 @@ def _scene(frames: int = 6, height: int = 24, width: int = 32) -> np.ndarray:
 
 def test_segment_color_match_removes_a_synthetic_colour_shift():
     video = _scene()
-    reference = video[0]
     # A red tint and darker blue, as a drifting segment might come out.
     tinted = np.clip(video.astype(int) * (1.1, 1.0, 0.8) + (10, -5, 0), 0, 255).astype(np.uint8)
     matched = match_colors(tinted[1:], video[:1])
