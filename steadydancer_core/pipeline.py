@@ -39,14 +39,13 @@ from .guidance import DCCFGConfig, DCCFGGuidance, pose_window_steps
 from .model import SteadyDancerDiT
 from .schedule import default_shift, official_unipc_schedule
 from .segments import (
-    ANCHORS,
-    COLOR_MATCH_MODES,
     DEFAULT_ANCHOR,
     DEFAULT_CARRY_FRAMES,
     DEFAULT_COLOR_MATCH,
     DEFAULT_SEGMENT_FRAMES,
     SegmentPlan,
     SegmentRequest,
+    check_chain_options,
     generate_long_video,
     plan_segments,
 )
@@ -146,10 +145,7 @@ class LongVideoOptions:
     color_match: str = DEFAULT_COLOR_MATCH
 
     def __post_init__(self) -> None:
-        if self.anchor not in ANCHORS:
-            raise ValueError(f"anchor must be one of {ANCHORS}, got {self.anchor!r}")
-        if self.color_match not in COLOR_MATCH_MODES:
-            raise ValueError(f"color_match must be one of {COLOR_MATCH_MODES}, got {self.color_match!r}")
+        check_chain_options(self.anchor, self.color_match)
 
 
 @dataclass(frozen=True)
@@ -279,24 +275,6 @@ class SteadyDancerPipeline:
         del encoder
         self._free_memory()
         return features[:1], features[1:]
-
-    def build_conditioning(self, reference: np.ndarray, poses: np.ndarray, negative_poses: np.ndarray | None,
-                           prompt: str, negative_prompt: str, plan: RunPlan, text_len: int) -> Conditioning:
-        """The conditioning of a plain run (the official ``generate``): reference kept as frame 0."""
-        reference_hw = reference.shape[:2]
-        ref_native = frames_to_model_range(reference[None])
-        pose_native = frames_to_model_range(resize_poses_to_reference(poses[:plan.frames], reference_hw))
-        negative_native = (None if negative_poses is None else
-                           frames_to_model_range(resize_poses_to_reference(negative_poses[:plan.frames], reference_hw)))
-
-        context, negative_context = self.encode_prompts(prompt, negative_prompt, text_len)
-        clip_x, clip_c = self.encode_clip(ref_native, pose_native[:1])
-        ref_resized = resize_bicubic(ref_native, plan.height, plan.width)  # [1, 3, h, w]
-        return Conditioning(
-            latents=self.encode_latents(ref_resized, pose_native, negative_native, plan),
-            context=context, negative_context=negative_context, clip_x=clip_x, clip_c=clip_c,
-            reference_frame=to_uint8_frames(ref_resized.transpose(0, 1))[0],
-        )
 
     def encode_latents(self, kept: torch.Tensor, pose_native: torch.Tensor, negative_native: torch.Tensor | None,
                        plan: RunPlan, ref_x: torch.Tensor | None = None,

@@ -183,6 +183,14 @@ class SegmentRequest:
 SegmentRenderer = Callable[[SegmentRequest], np.ndarray]
 
 
+def check_chain_options(anchor: str, color_match: str) -> None:
+    """Raise unless ``anchor`` and ``color_match`` name one of the modes above."""
+    if anchor not in ANCHORS:
+        raise ValueError(f"anchor must be one of {ANCHORS}, got {anchor!r}")
+    if color_match not in COLOR_MATCH_MODES:
+        raise ValueError(f"color_match must be one of {COLOR_MATCH_MODES}, got {color_match!r}")
+
+
 def generate_long_video(plan: SegmentPlan, reference_frame: np.ndarray, render: SegmentRenderer,
                         emit: Callable[[np.ndarray], None], *, anchor: str = DEFAULT_ANCHOR,
                         color_match: str = DEFAULT_COLOR_MATCH) -> None:
@@ -191,10 +199,7 @@ def generate_long_video(plan: SegmentPlan, reference_frame: np.ndarray, render: 
     ``reference_frame`` is the reference at the output size (uint8 ``[H, W, 3]``): segment 0's kept frame and
     anchor. Only one segment's frames are held at a time (plus the carried tail).
     """
-    if anchor not in ANCHORS:
-        raise ValueError(f"anchor must be one of {ANCHORS}, got {anchor!r}")
-    if color_match not in COLOR_MATCH_MODES:
-        raise ValueError(f"color_match must be one of {COLOR_MATCH_MODES}, got {color_match!r}")
+    check_chain_options(anchor, color_match)
     tail = reference_frame[None]
     previous_output = None
     for seg in plan.segments:

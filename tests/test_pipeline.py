@@ -46,12 +46,19 @@ def _minus_one_to_one(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
 
 
-def test_conditioning_equals_separate_official_encodes(tiny):
+def test_conditioning_equals_separate_official_encodes(tiny, monkeypatch):
     pipe = SteadyDancerPipeline(tiny["wan"], tiny["dit"])
-    settings = _settings()
-    plan = make_plan((HEIGHT, WIDTH), settings, pose_guidance=True)
-    cond = pipe.build_conditioning(tiny["reference"], tiny["poses"], tiny["negative"], "a person dances",
-                                   DEFAULT_NEGATIVE_PROMPT, plan, text_len=16)
+    sampled: list[Conditioning] = []
+    real_sample = SteadyDancerPipeline.sample
+
+    def recording_sample(self, dit, cond, plan, settings, progress=True, on_step=None):
+        sampled.append(cond)
+        return real_sample(self, dit, cond, plan, settings, progress, on_step)
+
+    monkeypatch.setattr(SteadyDancerPipeline, "sample", recording_sample)
+    pipe(tiny["reference"], tiny["poses"], "a person dances", negative_poses=tiny["negative"],
+         settings=_settings(steps=1), progress=False)
+    cond, = sampled
     latents = cond.latents
     assert latents.image_condition.shape == (1, 20, 2, 4, 6)
     mask = latents.image_condition[:, :4]
