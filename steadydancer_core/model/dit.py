@@ -11,6 +11,8 @@ cast to it. Parameter names equal the official state-dict keys.
 """
 from __future__ import annotations
 
+from typing import Any, Callable, Mapping
+
 import torch
 import torch.nn as nn
 
@@ -22,6 +24,13 @@ from .rope import rope_cos_sin
 
 #: Token frames appended after the video: ref_x, then ref_c.
 REFERENCE_FRAMES = 2
+
+#: A replacement for block ``i`` of the loop: ``replacement(args, {"original_block": run})`` returns a dict whose
+#: ``"img"`` is the block's output tokens. ``args`` holds ``"img"`` (tokens [B, L, dim]), ``"txt"`` (context),
+#: ``"vec"`` (projected time embedding e0 [B, 6, dim]), ``"pe"`` ((rope_cos, rope_sin)) and ``"context_img_len"``
+#: (CLIP tokens at the front of the context); ``run(args)`` runs the original block on such a dict. The layout
+#: is the one DiT block patches use (ComfyUI's ``patches_replace["dit"]``), so an adapter can pass them through.
+BlockReplacement = Callable[[dict[str, Any], dict[str, Callable[[dict[str, Any]], dict[str, Any]]]], dict[str, Any]]
 
 
 class SteadyDancerDiT(nn.Module):
@@ -135,7 +144,8 @@ class SteadyDancerDiT(nn.Module):
     def forward(self, x: torch.Tensor, timestep: torch.Tensor | float, context: torch.Tensor,
                 clip_fea_x: torch.Tensor, clip_fea_c: torch.Tensor, pose_latents: torch.Tensor,
                 ref_x: torch.Tensor, ref_c: torch.Tensor, pose_strength_spatial: float = 1.0,
-                pose_strength_temporal: float = 1.0) -> torch.Tensor:
+                pose_strength_temporal: float = 1.0,
+                block_replacements: Mapping[int, BlockReplacement] | None = None) -> torch.Tensor:
         """Predict the flow velocity (noise - x0) ``[B, out_dim, T, H, W]`` in ``x.dtype``.
 
         Args:
@@ -150,6 +160,8 @@ class SteadyDancerDiT(nn.Module):
             ref_c: [B, 16, 1, H, W] first POSITIVE pose latent frame (also in the negative-pose pass).
             pose_strength_spatial, pose_strength_temporal: multipliers of the spatial/temporal pose
                 branch outputs in the fused pose (1.0 = official).
+            block_replacements: ``{block index: BlockReplacement}`` run instead of those blocks (e.g. skip-layer
+                guidance, block caches); None or empty runs every block as is.
 
         All inputs are cast to ``x.dtype``/``x.device``, which is the compute dtype of the whole forward.
         """
@@ -191,11 +203,25 @@ class SteadyDancerDiT(nn.Module):
         context = torch.cat([context_clip, context], dim=1)
         image_tokens = context_clip.shape[1]
 
-        for block in self.blocks:
-            tokens = block(tokens, e0, context, image_tokens, rope_cos, rope_sin)
+        for i, block in enumerate(self.blocks):
+            replacement = block_replacements.get(i) if block_replacements else None
+            if replacement is None:
+                tokens = block(tokens, e0, context, image_tokens, rope_cos, rope_sin)
+            else:
+                args = {"img": tokens, "txt": context, "vec": e0, "pe": (rope_cos, rope_sin),
+                        "context_img_len": image_tokens}
+                tokens = replacement(args, {"original_block": self._block_runner(block)})["img"]
 
         out = self.unpatchify(self.head(tokens, e), grid)
         return out[:, :, :t]
+
+    @staticmethod
+    def _block_runner(block: nn.Module) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        """``run(args) -> {"img": block output}`` for a :data:`BlockReplacement` that calls the original block."""
+        def run(args: dict[str, Any]) -> dict[str, Any]:
+            rope_cos, rope_sin = args["pe"]
+            return {"img": block(args["img"], args["vec"], args["txt"], args["context_img_len"], rope_cos, rope_sin)}
+        return run
 
     def extra_repr(self) -> str:
         cfg = self.config
