@@ -14,6 +14,7 @@ import torch
 
 import comfy.conds
 import comfy.model_base
+import comfy.patcher_extension
 import comfy.supported_models
 from comfy.ldm.modules.attention import optimized_attention
 
@@ -65,9 +66,36 @@ class SteadyDancerComfyDiT(SteadyDancerDiT):
         return optimized_attention(q, k, v, heads=heads, transformer_options=self._transformer_options)
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
-                clip_fea: torch.Tensor | None = None, transformer_options: dict[str, Any] | None = None,
-                **extra: Any) -> torch.Tensor:
-        missing = [name for name in ("pose_latents", "ref_x", "ref_c", "clip_fea_c") if extra.get(name) is None]
+                clip_fea: torch.Tensor | None = None, time_dim_concat: torch.Tensor | None = None,
+                transformer_options: dict[str, Any] = {}, **kwargs: Any) -> torch.Tensor:
+        # As core WanModel.forward: through the DIFFUSION_MODEL wrappers (EasyCache and other packs hook here).
+        return comfy.patcher_extension.WrapperExecutor.new_class_executor(
+            self._forward, self,
+            comfy.patcher_extension.get_all_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL,
+                                                     transformer_options),
+        ).execute(x, timestep, context, clip_fea, time_dim_concat, transformer_options, **kwargs)
+
+    def _forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                 clip_fea: torch.Tensor | None = None, time_dim_concat: torch.Tensor | None = None,
+                 transformer_options: dict[str, Any] = {}, **kwargs: Any) -> torch.Tensor:
+        if time_dim_concat is not None:
+            raise ValueError("SteadyDancer takes no time_dim_concat latent (its reference frames arrive as "
+                             "ref_x/ref_c from 'SteadyDancer Image To Video')")
+        return self.forward_orig(x, timestep, context, clip_fea=clip_fea, transformer_options=transformer_options,
+                                 **kwargs)
+
+    def forward_orig(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                     clip_fea: torch.Tensor | None = None, freqs: torch.Tensor | None = None,
+                     transformer_options: dict[str, Any] = {}, **kwargs: Any) -> torch.Tensor:
+        """Core Wan's ``forward_orig`` signature; the pose inputs arrive in ``kwargs``.
+
+        ``freqs`` must be None: the DiT builds its RoPE itself, over the video plus the two reference
+        token frames, which a Wan RoPE table for the video alone cannot describe.
+        """
+        if freqs is not None:
+            raise ValueError("SteadyDancer computes its own RoPE (video + ref_x + ref_c token frames); "
+                             "forward_orig must be called with freqs=None")
+        missing = [name for name in ("pose_latents", "ref_x", "ref_c", "clip_fea_c") if kwargs.get(name) is None]
         if clip_fea is None:
             missing.insert(0, "clip_fea")
         if missing:
@@ -75,15 +103,31 @@ class SteadyDancerComfyDiT(SteadyDancerDiT):
                 "SteadyDancer model called without its conditioning "
                 f"({', '.join(missing)} missing): build the conditionings with the "
                 "'SteadyDancer Image To Video' node (plain Wan I2V conditioning lacks the pose inputs)")
-        self._transformer_options = transformer_options or {}
+        self._transformer_options = transformer_options
         try:
-            return super().forward(
-                x, timestep, context, clip_fea_x=clip_fea, clip_fea_c=extra["clip_fea_c"],
-                pose_latents=extra["pose_latents"], ref_x=extra["ref_x"], ref_c=extra["ref_c"],
-                pose_strength_spatial=extra.get("pose_strength_spatial", 1.0),
-                pose_strength_temporal=extra.get("pose_strength_temporal", 1.0))
+            return SteadyDancerDiT.forward(
+                self, x, t, context, clip_fea_x=clip_fea, clip_fea_c=kwargs["clip_fea_c"],
+                pose_latents=kwargs["pose_latents"], ref_x=kwargs["ref_x"], ref_c=kwargs["ref_c"],
+                pose_strength_spatial=kwargs.get("pose_strength_spatial", 1.0),
+                pose_strength_temporal=kwargs.get("pose_strength_temporal", 1.0),
+                block_replacements=comfy_block_replacements(transformer_options))
         finally:
             self._transformer_options = {}
+
+
+def comfy_block_replacements(transformer_options: dict[str, Any]) -> dict[int, Any]:
+    """``patches_replace["dit"][("double_block", i)]`` as the core DiT's block replacements.
+
+    Core Wan hands a block patch ``{"img", "txt", "vec", "pe", "transformer_options"}`` and
+    ``{"original_block"}``; the core DiT's args carry the same entries (``pe`` = its RoPE tables, plus
+    ``context_img_len``), so only ``transformer_options`` is added here.
+    """
+    patches = transformer_options.get("patches_replace", {}).get("dit", {})
+
+    def adapt(patch: Any) -> Any:
+        return lambda args, extra: patch({**args, "transformer_options": transformer_options}, extra)
+
+    return {index: adapt(patch) for (kind, index), patch in patches.items() if kind == "double_block"}
 
 
 def check_condition_frames(frames: int, image_condition: torch.Tensor | None, pose_latents: torch.Tensor | None,

@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "driving video + reference image -> aligned positive and negative pose frames"),
     "animate": ("steadydancer_core.cli_animate",
                 "reference image + pose frames + prompt -> animated mp4 (standalone inference)"),
+    "convert": ("steadydancer_core.cli_convert",
+                "DiT checkpoint -> GGUF (F16/BF16/Q8_0, for ComfyUI-GGUF) or one merged safetensors file"),
 }
 
 
