@@ -14,6 +14,7 @@ import torch
 
 import comfy.conds
 import comfy.model_base
+import comfy.ops
 import comfy.patcher_extension
 import comfy.supported_models
 from comfy.ldm.modules.attention import optimized_attention
@@ -166,6 +167,10 @@ class SteadyDancerModel(comfy.model_base.WAN21):
         self.diffusion_model.eval()
         self.image_to_video = True
 
+    def load_model_weights(self, sd: dict[str, Any], unet_prefix: str = "") -> "SteadyDancerModel":
+        check_packed_tensors_dequantisable(self.diffusion_model, sd, unet_prefix)
+        return super().load_model_weights(sd, unet_prefix)
+
     def _apply_model(self, x: torch.Tensor, t: torch.Tensor, c_concat: torch.Tensor | None = None,
                      c_crossattn: torch.Tensor | None = None, control: Any = None,
                      transformer_options: dict[str, Any] = {}, **kwargs: Any) -> torch.Tensor:
@@ -194,6 +199,51 @@ class SteadyDancerModel(comfy.model_base.WAN21):
             if kwargs.get(cond_key) is not None:
                 out[model_key] = comfy.conds.CONDConstant(float(kwargs[cond_key]))
         return out
+
+
+def _dequantises_at_use(module: torch.nn.Module) -> bool:
+    """Whether ``module`` is a layer of custom operations (ComfyUI-GGUF's GGMLOps) that unpacks its weights.
+
+    Plain ``comfy.ops`` cast layers only change dtype/device: ComfyUI-GGUF's ops have no Conv3d and fall back
+    to ``manual_cast.Conv3d``, and a bare parameter has no layer at all.
+    """
+    if not hasattr(module, "comfy_cast_weights"):
+        return False
+    return type(module) is not getattr(comfy.ops.manual_cast, type(module).__name__, None)
+
+
+def check_packed_tensors_dequantisable(dit: torch.nn.Module, state_dict: dict[str, Any], prefix: str = "") -> None:
+    """Refuse a GGUF state dict whose quantised (packed) tensor would reach a consumer that cannot unpack it.
+
+    Such a tensor's storage shape differs from its logical ``shape``; loading it into a Conv3d or a bare
+    parameter fails with a bare shape mismatch, or worse, uses the packed bytes as weights.
+    """
+    modules = dict(dit.named_modules())
+
+    def owner_of(key: str) -> torch.nn.Module | None:
+        # By path, not by parameter: ComfyUI-GGUF's Linear has no weight until it is loaded.
+        path, _, name = key.rpartition(".")
+        internal = getattr(modules.get(path), "_RELEASED_NAMES", {}).get(name)  # in_proj_weight -> in_proj.weight
+        if internal is not None:
+            path = f"{path}.{internal.rpartition('.')[0]}"
+        return modules.get(path)
+
+    for stored_key, tensor in state_dict.items():
+        if not stored_key.startswith(prefix) or not isinstance(tensor, torch.Tensor):
+            continue
+        if tuple(torch.Tensor.size(tensor)) == tuple(tensor.shape):
+            continue  # a plain tensor
+        key = stored_key[len(prefix):]
+        owner = owner_of(key)
+        if owner is not None and _dequantises_at_use(owner):
+            continue
+        qtype = getattr(getattr(tensor, "tensor_type", None), "name", "a packed type")
+        used_by = f"a {type(owner).__name__} layer" if owner is not None and hasattr(owner, "comfy_cast_weights") \
+            else "the model directly (a bare parameter)"
+        raise ValueError(
+            f"SteadyDancer GGUF: {key} is stored as {qtype}, but it is used by {used_by}, which ComfyUI-GGUF "
+            "does not dequantise. Such tensors must be F32 or F16 in the file; convert the model with "
+            "'python -m steadydancer_core convert --to gguf', which keeps them so.")
 
 
 def check_fp8_scales_understood(state_dict: dict[str, Any], scaled_fp8: Any) -> None:

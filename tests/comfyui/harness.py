@@ -67,3 +67,29 @@ def pack_module(name: str) -> ModuleType:
     """A submodule of the loaded pack, e.g. ``pack_module('nodes.image_to_video')``."""
     pack = load_pack()
     return importlib.import_module(f"{pack.__name__}.{name}")
+
+
+_GGUF_PACK: ModuleType | None = None
+
+
+def load_gguf_pack() -> ModuleType:
+    """city96's ComfyUI-GGUF from ``COMFYUI_GGUF_PATH`` (an export of city96/ComfyUI-GGUF), loaded by ComfyUI.
+
+    Skips, printing why, when the variable is unset (see tests/comfyui/README.md); our pack loads first.
+    """
+    global _GGUF_PACK
+    load_pack()
+    value = os.environ.get("COMFYUI_GGUF_PATH")
+    if not value:
+        reason = "COMFYUI_GGUF_PATH is not set (see tests/comfyui/README.md); GGUF tests skipped"
+        print(reason)
+        pytest.skip(reason)
+    path = Path(value)
+    if not (path / "loader.py").is_file() or not (path / "nodes.py").is_file():
+        pytest.fail(f"COMFYUI_GGUF_PATH={path} is not a ComfyUI-GGUF export (no loader.py / nodes.py)")
+    if _GGUF_PACK is None:
+        comfy_nodes = sys.modules["nodes"]
+        if not asyncio.run(comfy_nodes.load_custom_node(str(path))):
+            pytest.fail("ComfyUI failed to load ComfyUI-GGUF (is the gguf package installed?)")
+        _GGUF_PACK = sys.modules[str(path).replace(".", "_x_")]
+    return _GGUF_PACK
