@@ -209,3 +209,23 @@ def test_half_precision_file_loads_through_load_diffusion_model(registration, di
     print(f"{dtype} file, compute {compute}: relative deviation from the float32 core DiT with the same weights "
           f"{relative:.2e}")
     assert relative < (1e-5 if compute == torch.float32 else 3e-2)
+
+
+def test_easycache_skips_dit_evaluations_under_steadydancer_ksampler(model, conditionings):
+    """The pack's own sampler (DC-CFG guider) goes through the same wrappers."""
+    from comfy_extras.nodes_easycache import EasyCacheNode
+
+    sampling = harness.pack_module("nodes.sampling")
+    positive, negative, latent = conditionings
+
+    def run(patcher):
+        return sampling.SteadyDancerKSampler.execute(patcher, 3, STEPS, 5.0, 1.0, 0.1, 0.4, "euler", "simple",
+                                                     positive, negative, [], latent, 1.0).result[0]["samples"]
+
+    with EvaluationCounter(model) as plain:
+        run(model)
+    with EvaluationCounter(model) as cached:
+        out = run(EasyCacheNode.execute(model, 0.2, 0.15, 0.95, False).result[0])
+    print(f"EasyCache + SteadyDancer KSampler: {plain.calls} DiT evaluations without, {cached.calls} with")
+    assert plain.calls == STEPS and 0 < cached.calls < plain.calls
+    assert torch.isfinite(out).all()
