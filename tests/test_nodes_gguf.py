@@ -129,3 +129,46 @@ def test_gguf_quantised_tensor_where_no_layer_dequantises_is_a_clear_error(gguf_
         torch.from_numpy(bf16), tensor_type=gguf.GGMLQuantizationType.BF16, tensor_shape=torch.Size((1, 6, 256)))
     with pytest.raises(ValueError, match=r"blocks\.0\.modulation.*BF16"):
         comfy.sd.load_diffusion_model_state_dict(state, model_options={"custom_operations": gguf_pack.ops.GGMLOps})
+
+
+def test_gguf_k_quant_file_loads_and_runs(gguf_pack, gguf_files):
+    """K-quants come from llama.cpp; the gguf library cannot write them, so this file takes our BF16 file and
+    gives every 2-D weight with 256-multiple rows (what llama.cpp K-quantises) random but valid Q4_K blocks."""
+    import gguf
+    import numpy as np
+
+    folder, names = gguf_files
+    reader = gguf.GGUFReader(str(folder / names["BF16"]))
+    writer = gguf.GGUFWriter(path=None, arch="wan")
+    for name, field in reader.fields.items():
+        if name.startswith("comfy.gguf.orig_shape."):
+            writer.add_array(name, [int(field.parts[i][0]) for i in field.data])
+    rng = np.random.default_rng(0)
+    scale_bytes = np.frombuffer(np.array([1e-4, 1e-4], dtype=np.float16).tobytes(), dtype=np.uint8)  # d, dmin
+    block_elements, block_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q4_K]
+    k_quantised = []
+    for tensor in reader.tensors:
+        shape = [int(d) for d in reversed(tensor.shape)]
+        if tensor.tensor_type == gguf.GGMLQuantizationType.BF16 and len(shape) == 2 and shape[1] % 256 == 0:
+            blocks = rng.integers(0, 256, (shape[0] * shape[1] // block_elements, block_bytes), dtype=np.uint8)
+            blocks[:, :4] = scale_bytes
+            writer.add_tensor(tensor.name, blocks.reshape(shape[0], -1), raw_dtype=gguf.GGMLQuantizationType.Q4_K)
+            k_quantised.append(tensor.name)
+        else:
+            writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
+    path = folder / "steadydancer_tiny-Q4_K.gguf"
+    writer.write_header_to_file(path=path)
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert "blocks.0.ffn.0.weight" in k_quantised and "blocks.1.self_attn.q.weight" in k_quantised
+
+    patcher = gguf_pack.NODE_CLASS_MAPPINGS["UnetLoaderGGUF"]().load_unet(path.name)[0]
+    assert patcher.model.diffusion_model.blocks[0].ffn[0].weight.tensor_type.name == "Q4_K"
+    inputs = _inputs()
+    got = _velocity_comfy(patcher, inputs, 0.6)
+    held = _velocity_core(_file_weights(path), inputs, 0.6)
+    relative = ((got - held).norm() / held.norm()).item()
+    print(f"GGUF Q4_K ({len(k_quantised)} tensors): relative L2 to the core DiT with the file's weights {relative:.2e}")
+    # ComfyUI-GGUF dequantises K-quants in fp16 (its default dequant dtype), the gguf library in float32.
+    assert torch.isfinite(got).all() and relative < 5e-3
