@@ -1,7 +1,7 @@
 """The SteadyDancer DiT on a GPU, in one command: speed, memory, MFU, batched DC-CFG, bf16 error, fp8 and
 offloading, and the official code on the same weights.
 
-    python benchmarks/gpu_check.py --out gpu_check.json                # about 5 minutes on one H100/H200
+    python benchmarks/gpu_check.py --out gpu_check.json                # one H100/H200, within 8 minutes
     python benchmarks/gpu_check.py --out gpu_check.json --compile      # + the blocks under torch.compile
     OFFICIAL_SD_DIR=/path/to/SteadyDancer python benchmarks/gpu_check.py --out gpu_check.json
     python benchmarks/gpu_check.py --smoke --out smoke.json            # the same code, tiny config, CPU, seconds
