@@ -61,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from steadydancer_core.atomic_output import atomic_path  # noqa: E402
 from steadydancer_core.guidance import DCCFGConfig  # noqa: E402
-from steadydancer_core.memory import DiTPlacement, offload_blocks  # noqa: E402
+from steadydancer_core.memory import offload_blocks  # noqa: E402
 from steadydancer_core.model import OFFICIAL_14B, TINY, DiTConfig, SteadyDancerDiT  # noqa: E402
 from steadydancer_core.model.attention import sdpa_attention  # noqa: E402
 from steadydancer_core.model.dit import REFERENCE_FRAMES  # noqa: E402
