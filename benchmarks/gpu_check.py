@@ -391,7 +391,7 @@ class Check:
         weights = torch.cuda.memory_allocated(self.device) / 1024**3 if self.device.type == "cuda" else None
         self.report.facts.update(parameters=params, build_s=seconds)
         self.report.add(Row("build", "bf16 random weights", median_s=seconds, peak_gib=weights,
-                            note=f"{params:,} parameters built on {self.device.type}"))
+                            note=f"{params:,} parameters built on {self.device.type} (peak GiB = weights allocated)"))
         inputs = make_inputs(self.config, Grid.of(*self.main_size), 1, torch.bfloat16, self.device)
         tokens = count_block_tokens(model, inputs)
         analytic = Grid.of(*self.main_size).tokens(self.config)
@@ -694,6 +694,11 @@ def main(argv: list[str] | None = None) -> int:
               f"(torch {torch.__version__}, CUDA build {torch.version.cuda}). "
               "Run it on a GPU machine, or pass --smoke for the CPU self-test.", file=sys.stderr)
         return 2
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)  # a bad --out fails now, not after the measurements
+    if out.is_dir():
+        print(f"--out {out} is a folder; expected a .json file path", file=sys.stderr)
+        return 2
     device = torch.device("cpu" if args.smoke else "cuda")
     if args.smoke:
         torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -714,7 +719,7 @@ def main(argv: list[str] | None = None) -> int:
     facts["elapsed_s"] = check.report.elapsed()
     facts["flops_main_forward"] = dit_flops(check.config, Grid.of(*check.main_size), 1)
     print(f"total {facts['elapsed_s']:.0f} s")
-    with atomic_path(Path(args.out)) as tmp:
+    with atomic_path(out) as tmp:
         tmp.write_text(json.dumps({"facts": facts, "rows": [asdict(r) for r in check.report.rows]}, indent=2))
     return 0
 
