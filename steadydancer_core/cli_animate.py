@@ -26,6 +26,7 @@ from .atomic_output import atomic_path, check_output_path
 from .encoders import missing_wan_components, missing_weights_message
 from .errors import InputError, report_user_errors
 from .frame_sources import Frames, ImageFolderFrames, RenderedPoseFrames
+from .memory import DIT_DTYPES, DiTPlacement, add_memory_arguments, memory_lines, placement_from_args
 from .pipeline import (
     DEFAULT_FRAMES,
     DEFAULT_MAX_AREA,
@@ -47,11 +48,6 @@ log = logging.getLogger("steadydancer_core.animate")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 OUTPUT_FPS = 16
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-#: Nominal parameter counts of the Wan2.1-I2V auxiliaries, used for the memory estimate when their
-#: files are not on disk yet (computed from the architectures: umT5-XXL encoder incl. its 256k x 4096
-#: embedding, open-clip ViT-H/14 vision tower, Wan2.1 VAE).
-NOMINAL_PARAMETERS = {"text_encoder": 5_680_000_000, "image_encoder": 632_000_000, "vae": 127_000_000}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -76,8 +72,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                                           "image_encoder/, image_processor/)")
     models.add_argument("--dit", help="SteadyDancer DiT checkpoint: .safetensors file or diffusers folder")
     models.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
-    models.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                        help="DiT dtype (default: bf16 on GPU, fp32 on CPU)")
+    models.add_argument("--dtype", choices=sorted(DIT_DTYPES), default=None,
+                        help="DiT dtype (default: bf16 on GPU, fp32 on CPU); fp8 stores the block linears in "
+                             "float8 with per-tensor scales and computes in bf16")
+    add_memory_arguments(models)
 
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--frames", default=None,
@@ -217,6 +215,7 @@ class Job:
     frame0_path: Path
     device: torch.device
     dtype: torch.dtype
+    placement: DiTPlacement
 
 
 def prepare(args: argparse.Namespace) -> Job:
@@ -269,8 +268,9 @@ def prepare(args: argparse.Namespace) -> Job:
     except ValueError as err:
         raise InputError(str(err)) from err
 
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    return Job(reference, poses, negative, settings, options, plan, video_path, frame0_path, device, dtype)
+    dtype, placement = placement_from_args(args, device)
+    return Job(reference, poses, negative, settings, options, plan, video_path, frame0_path, device, dtype,
+               placement)
 
 
 def parse_device(text: str | None) -> torch.device:
@@ -334,56 +334,6 @@ def check_compatible(args: argparse.Namespace) -> None:
                              "are --wan-dir and --dit from the same model family?")
 
 
-# ---- memory estimate ------------------------------------------------------------------------------
-
-def _safetensors_parameters(folder: Path) -> int | None:
-    from safetensors import safe_open
-
-    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
-    if not files:
-        return None
-    total = 0
-    for file in files:
-        with safe_open(str(file), framework="pt") as handle:  # reads the header only
-            for key in handle.keys():
-                total += int(np.prod(handle.get_slice(key).get_shape(), dtype=np.int64))
-    return total
-
-
-def _dit_parameters(dit: str | None) -> tuple[int, str]:
-    from .model import OFFICIAL_14B, SteadyDancerDiT
-    from .model.checkpoint import read_checkpoint_config
-
-    config, origin = OFFICIAL_14B, "nominal 14B"
-    if dit and Path(dit).exists():  # its header was checked by check_dit_header
-        config, origin = read_checkpoint_config(dit), "from checkpoint header"
-    model = SteadyDancerDiT(config, device="meta")  # shapes only, no memory
-    return sum(p.numel() for p in model.parameters()), origin
-
-
-def memory_lines(args: argparse.Namespace, job: Job) -> list[str]:
-    """Weight memory per component in the dtypes the run will use."""
-    on_gpu = job.device.type == "cuda"
-    dtypes = {"DiT": job.dtype, "text_encoder": torch.bfloat16 if on_gpu else torch.float32,
-              "image_encoder": torch.float16 if on_gpu else torch.float32, "vae": torch.float32}
-    dit_count, dit_origin = _dit_parameters(args.dit)
-    counts = {"DiT": (dit_count, dit_origin)}
-    for name in ("text_encoder", "image_encoder", "vae"):
-        found = _safetensors_parameters(Path(args.wan_dir) / name) if args.wan_dir else None
-        counts[name] = (found, "from files") if found is not None else (NOMINAL_PARAMETERS[name], "nominal")
-    lines = []
-    total = 0.0
-    for name, (count, origin) in counts.items():
-        gib = count * torch.empty((), dtype=dtypes[name]).element_size() / 1024**3
-        total += gib
-        lines.append(f"  {name}: {count / 1e6:,.1f} M params ({origin}), {str(dtypes[name])[6:]} -> {gib:.2f} GiB")
-    # Components are loaded one after the other; the peak holds the DiT and the VAE.
-    peak = sum(c * torch.empty((), dtype=dtypes[n]).element_size() for n, (c, _) in counts.items()
-               if n in ("DiT", "vae")) / 1024**3
-    lines.append(f"  all weights {total:.2f} GiB; resident at once (DiT + VAE): {peak:.2f} GiB")
-    return lines
-
-
 # ---- run ------------------------------------------------------------------------------------------
 
 def run(args: argparse.Namespace) -> int:
@@ -408,7 +358,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  {line}")
         print(f"  device {job.device}, DiT dtype {str(job.dtype)[6:]}")
         print("weight memory:")
-        for line in memory_lines(args, job):
+        for line in memory_lines(args.dit, args.wan_dir, job.device, job.dtype, job.placement):
             print(line)
         print(f"output: {job.video_path} and {job.frame0_path}")
         if missing:
@@ -428,7 +378,8 @@ def _run(args: argparse.Namespace) -> int:
 
     pipeline = SteadyDancerPipeline(args.wan_dir, args.dit, device=job.device, dit_dtype=job.dtype,
                                     text_dtype=torch.bfloat16 if job.device.type == "cuda" else torch.float32,
-                                    clip_dtype=torch.float16 if job.device.type == "cuda" else torch.float32)
+                                    clip_dtype=torch.float16 if job.device.type == "cuda" else torch.float32,
+                                    dit_placement=job.placement)
     # Both files appear together, and only when the whole video was generated.
     with atomic_path(job.video_path) as video_tmp, atomic_path(job.frame0_path) as frame0_tmp:
         with VideoWriter(video_tmp, fps=OUTPUT_FPS) as writer:

@@ -36,6 +36,7 @@ from .conditioning import (
 from .encoders import CLIPVisionEncoder, T5TextEncoder, WanVAE, pad_context
 from .frame_sources import Frames
 from .guidance import DCCFGConfig, DCCFGGuidance, pose_window_steps
+from .memory import DiTPlacement, load_placed_dit
 from .model import SteadyDancerDiT
 from .schedule import default_shift, official_unipc_schedule
 from .segments import (
@@ -231,11 +232,12 @@ class SteadyDancerPipeline:
 
     def __init__(self, wan_dir: str | Path, dit_path: str | Path, device: torch.device | str = "cpu",
                  dit_dtype: torch.dtype = torch.float32, text_dtype: torch.dtype | None = None,
-                 clip_dtype: torch.dtype | None = None) -> None:
+                 clip_dtype: torch.dtype | None = None, dit_placement: DiTPlacement = DiTPlacement()) -> None:
         self.wan_dir = Path(wan_dir)
         self.dit_path = Path(dit_path)
         self.device = torch.device(device)
-        self.dit_dtype = dit_dtype
+        self.dit_dtype = dit_dtype  # the DiT's compute dtype (its storage may be fp8, see ``dit_placement``)
+        self.dit_placement = dit_placement
         # Official dtypes: T5 bf16, CLIP fp16, VAE fp32; by default the text/CLIP towers follow the DiT.
         self.text_dtype = text_dtype or dit_dtype
         self.clip_dtype = clip_dtype or dit_dtype
@@ -249,9 +251,7 @@ class SteadyDancerPipeline:
         return self.vae
 
     def load_dit(self) -> SteadyDancerDiT:
-        from .model.checkpoint import load_dit
-
-        return load_dit(self.dit_path, dtype=self.dit_dtype, device=self.device)
+        return load_placed_dit(self.dit_path, self.dit_placement, self.dit_dtype, self.device)
 
     def _free_memory(self) -> None:
         """Return the memory of components the caller has just dropped (the next one may need it)."""

@@ -15,6 +15,9 @@ Conventions handled (facts from ComfyUI ``comfy/utils.py:convert_old_quants`` an
   (nvfp4, mxfp8, int8 ...) cannot be dequantised this way and raise.
 
 fp8 weights without any scale are plain fp8 casts (scale 1).
+
+:func:`quantize_per_tensor` is the inverse of :func:`dequantize` (the same convention), used to store a
+model's linear weights in fp8 at run time (``fp8_linear``).
 """
 from __future__ import annotations
 
@@ -120,3 +123,20 @@ def dequantize(weight: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dt
     if scale is not None:
         value.mul_(scale.float().reshape(()))
     return value.to(dtype)
+
+
+def quantize_per_tensor(weight: torch.Tensor, fp8_dtype: torch.dtype = torch.float8_e4m3fn
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(fp8 weight, float32 scale)`` with ``dequantize(fp8, scale, dtype) ~ weight`` (this module's convention).
+
+    One scale per tensor, ``max|weight| / finfo(fp8).max``, so the largest magnitude maps to the largest
+    finite fp8 value and nothing saturates; the division is done in float32 and rounded to fp8 once
+    (round to nearest even). An all-zero weight gets scale 1.
+    """
+    if fp8_dtype not in FP8_DTYPES:
+        raise ValueError(f"fp8_dtype must be one of {FP8_DTYPES}; got {fp8_dtype}")
+    value = weight.to(torch.float32)
+    amax = value.abs().max()
+    scale = torch.where(amax > 0, amax / torch.finfo(fp8_dtype).max, torch.ones_like(amax)).reshape(())
+    limit = torch.finfo(fp8_dtype).max
+    return (value / scale).clamp_(-limit, limit).to(fp8_dtype), scale
