@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .clip_vision import SteadyDancerClipVisionEncode
 from .image_to_video import SteadyDancerImageToVideo
 from .long_video import SteadyDancerLongVideo
 from .pose import (SteadyDancerAlignPoses, SteadyDancerExtractPoses, SteadyDancerNegativePose,
@@ -14,6 +15,7 @@ from .video import SteadyDancerLoadVideo
 
 NODE_LIST: list[type[io.ComfyNode]] = [
     SteadyDancerImageToVideo,
+    SteadyDancerClipVisionEncode,
     SteadyDancerDCCFGGuider,
     SteadyDancerKSampler,
     SteadyDancerLongVideo,

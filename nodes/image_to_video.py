@@ -16,11 +16,12 @@ import node_helpers
 import nodes as comfy_nodes
 from comfy_api.latest import io
 
-from ..steadydancer_core import conditioning
+from ..steadydancer_core import conditioning, official_inputs
 from ..steadydancer_core.pose import keypoints as pose_keypoints
 from ..steadydancer_core.pose import negative as pose_negative
 from ..steadydancer_core.pose import render as pose_render
 from . import cond_keys
+from .pose import images_to_uint8
 
 CATEGORY = "SteadyDancer"
 
@@ -43,8 +44,18 @@ def resize_frames(images: torch.Tensor, width: int, height: int) -> torch.Tensor
     return resized.movedim(1, -1)
 
 
+def official_pose_frames(pose_frames: torch.Tensor, reference_hw: tuple[int, int], width: int,
+                         height: int) -> torch.Tensor:
+    """Pose pictures (IMAGE) -> the VAE input the official code makes of them, as an IMAGE at the output size:
+    8-bit PIL bicubic to the reference's native size, then the torch bicubic resize (core ``pose_pictures``;
+    values stay unclamped, ComfyUI's VAE maps [0, 1] -> [-1, 1] linearly)."""
+    pictures = official_inputs.pose_pictures(images_to_uint8(pose_frames, "pose_images"), reference_hw, height, width)
+    return (pictures * 0.5 + 0.5).movedim(1, -1)
+
+
 def negative_pose_frames(keypoints: list, length: int, width: int, height: int, seed: int) -> torch.Tensor:
-    """Negative pose pictures made from POSE_KEYPOINT with the official augmentation, as an IMAGE."""
+    """Negative pose pictures made from POSE_KEYPOINT with the official augmentation, as an IMAGE drawn on a
+    ``width`` x ``height`` canvas (the positive pictures' canvas, as the official code draws both)."""
     frames = pose_keypoints.frames_from_pose_keypoint(keypoints)
     if len(frames) < length:
         raise ValueError(f"pose_keypoints has {len(frames)} frames but length is {length}")
@@ -61,14 +72,15 @@ def check_sources(node_name: str, reference_image: torch.Tensor, pose_images: to
     check_frames("reference_image", reference_image, 1)
     check_frames("pose_images", pose_images, length)
     if negative_pose_images is None and pose_keypoints is not None:
-        negative_pose_images = negative_pose_frames(pose_keypoints, length, width, height, negative_pose_seed)
+        negative_pose_images = negative_pose_frames(pose_keypoints, length, pose_images.shape[2],
+                                                    pose_images.shape[1], negative_pose_seed)
     if negative_pose_images is not None:
         check_frames("negative_pose_images", negative_pose_images, length)
     for name, clip_out in (("clip_vision_reference", clip_vision_reference),
                            ("clip_vision_first_pose", clip_vision_first_pose)):
         if getattr(clip_out, "penultimate_hidden_states", None) is None:
-            raise ValueError(f"{name} has no penultimate hidden states: connect a 'CLIP Vision Encode' "
-                             "output of clip_vision_h")
+            raise ValueError(f"{name} has no penultimate hidden states: connect 'SteadyDancer CLIP Vision "
+                             "Encode' (or a 'CLIP Vision Encode') with clip_vision_h")
     if negative_pose_images is None:
         logging.warning(f"{node_name}: neither negative pose images nor pose keypoints given, the pose term of "
                         "DC-CFG is switched off (connect 'SteadyDancer Pose Pipeline' to enable it)")
@@ -90,14 +102,16 @@ def build_conditionings(positive: list, negative: list, vae: Any, kept_frames: t
                         pose_frames: torch.Tensor, negative_pose_frames: torch.Tensor | None,
                         clip_vision_reference: Any, clip_vision_first_pose: Any, width: int, height: int,
                         pose_strength_spatial: float, pose_strength_temporal: float, *,
-                        ref_image_latent: torch.Tensor | None = None, ref_pose_latent: torch.Tensor | None = None,
+                        reference_hw: tuple[int, int], ref_image_latent: torch.Tensor | None = None, ref_pose_latent: torch.Tensor | None = None,
                         ) -> tuple[list, list, list, dict]:
     """The three DC-CFG conditionings and the empty latent of one I2V run of ``len(pose_frames)`` frames.
 
     ``kept_frames`` (IMAGE ``[C, H, W, 3]``) are the clip's given first frames: the reference of a plain run,
     the carried tail of the previous segment in a long video. ``ref_image_latent`` / ``ref_pose_latent``
     (``ref_x`` / ``ref_c``) default to frame 0 of the clip and pose latents, the training pairing; a long
-    video passes the anchor's latents instead. Inputs are checked by the caller; frames are resized here.
+    video passes the anchor's latents instead. Inputs are checked by the caller; frames are resized here: the
+    kept frames straight to the output size, the pose pictures as the official code (``official_pose_frames``,
+    through ``reference_hw``, the reference image's native (height, width)).
     """
     length = pose_frames.shape[0]
     latent_frames = conditioning.latent_frame_count(length)
@@ -111,7 +125,7 @@ def build_conditionings(positive: list, negative: list, vae: Any, kept_frames: t
     if ref_image_latent is None:
         ref_image_latent = image_latent[:, :, :1]
 
-    pose_latent = vae.encode(resize_frames(pose_frames, width, height))
+    pose_latent = vae.encode(official_pose_frames(pose_frames, reference_hw, width, height))
     if ref_pose_latent is None:
         ref_pose_latent = pose_latent[:, :, :1]
 
@@ -128,7 +142,7 @@ def build_conditionings(positive: list, negative: list, vae: Any, kept_frames: t
     out_positive = node_helpers.conditioning_set_values(positive, {**shared, cond_keys.POSE_LATENT: pose_latent})
     out_negative = node_helpers.conditioning_set_values(negative, {**shared, cond_keys.POSE_LATENT: pose_latent})
     if negative_pose_frames is not None:
-        negative_pose_latent = vae.encode(resize_frames(negative_pose_frames, width, height))
+        negative_pose_latent = vae.encode(official_pose_frames(negative_pose_frames, reference_hw, width, height))
         # Positive text with the perturbed poses; ref_c stays the positive first pose (official).
         out_negative_pose = node_helpers.conditioning_set_values(
             positive, {**shared, cond_keys.POSE_LATENT: negative_pose_latent})
@@ -148,14 +162,18 @@ def source_inputs() -> list:
         io.Conditioning.Input("positive", tooltip="Text conditioning of the prompt (T5)."),
         io.Conditioning.Input("negative", tooltip="Text conditioning of the negative prompt (T5)."),
         io.Vae.Input("vae", tooltip="The Wan2.1 VAE (wan_2.1_vae.safetensors)."),
-        io.Image.Input("reference_image", tooltip="The image to animate; it becomes frame 0 exactly. "
-                       "Only the first image of a batch is used."),
+        io.Image.Input("reference_image", tooltip="The image to animate, kept as the first frame (after VAE "
+                       "Decode frame 0 is its VAE round trip, not the exact pixels). Only the first image of a "
+                       "batch is used; its native size is the pose pictures' first resize (official)."),
         io.Image.Input("pose_images", tooltip="Rendered driving poses, one per output frame "
-                       "(aligned to the reference, e.g. from 'SteadyDancer Pose Pipeline')."),
+                       "(aligned to the reference, e.g. from 'SteadyDancer Pose Pipeline'); resized as the "
+                       "official code: 8-bit PIL bicubic to the reference's size, then bicubic to width x height."),
         io.ClipVisionOutput.Input("clip_vision_reference",
-                                  tooltip="CLIP Vision Encode of the reference image (crop: none)."),
+                                  tooltip="'SteadyDancer CLIP Vision Encode' of the reference image (official "
+                                          "preprocessing; core 'CLIP Vision Encode' differs from it)."),
         io.ClipVisionOutput.Input("clip_vision_first_pose",
-                                  tooltip="CLIP Vision Encode of the first pose image (crop: none)."),
+                                  tooltip="'SteadyDancer CLIP Vision Encode' of the first pose picture (official "
+                                          "preprocessing)."),
     ]
 
 
@@ -231,4 +249,4 @@ class SteadyDancerImageToVideo(io.ComfyNode):
             positive, negative, vae, reference_image[:1], pose_images[:length],
             None if negative_pose_images is None else negative_pose_images[:length],
             clip_vision_reference, clip_vision_first_pose, width, height,
-            pose_strength_spatial, pose_strength_temporal))
+            pose_strength_spatial, pose_strength_temporal, reference_hw=tuple(reference_image.shape[1:3])))

@@ -18,10 +18,11 @@ import latent_preview
 import nodes as comfy_nodes
 from comfy_api.latest import io
 
-from ..steadydancer_core import conditioning, segments
+from ..steadydancer_core import conditioning, official_inputs, segments
 from . import cond_keys
-from .image_to_video import (build_conditionings, check_sources, negative_pose_inputs, pose_strength_inputs,
-                             resize_frames, size_inputs, source_inputs)
+from .clip_vision import encode_model_range, images_to_model_range
+from .image_to_video import (build_conditionings, check_sources, negative_pose_inputs, official_pose_frames,
+                             pose_strength_inputs, resize_frames, size_inputs, source_inputs)
 from .model_registration import require_steadydancer_model
 from .pose import images_to_uint8, uint8_to_images
 from .sampling import SamplerCallback, model_input, sample_dc_cfg, sampling_inputs
@@ -42,6 +43,7 @@ class SegmentRenderer:
         self.model, self.vae, self.clip_vision = model, vae, clip_vision
         self.positive, self.negative = positive, negative
         self.reference_image = reference_image
+        self.reference_hw = tuple(reference_image.shape[1:3])  # native size: the pose pictures' first resize
         self.pose_images, self.negative_pose_images = pose_images, negative_pose_images
         self.clip_vision_reference, self.clip_vision_first_pose = clip_vision_reference, clip_vision_first_pose
         self.width, self.height = width, height
@@ -63,7 +65,8 @@ class SegmentRenderer:
         ref_x, ref_c, clip_x, clip_c = self.anchor(request)
         positive, negative, negative_pose, latent = build_conditionings(
             self.positive, self.negative, self.vae, kept, poses, negative_poses, clip_x, clip_c,
-            self.width, self.height, *self.pose_strengths, ref_image_latent=ref_x, ref_pose_latent=ref_c)
+            self.width, self.height, *self.pose_strengths, reference_hw=self.reference_hw, ref_image_latent=ref_x,
+            ref_pose_latent=ref_c)
         if seg.index == 0:
             shared = positive[0][1]
             self.reference_latents = (shared[cond_keys.REF_IMAGE_LATENT], shared[cond_keys.REF_POSE_LATENT])
@@ -86,11 +89,14 @@ class SegmentRenderer:
             return ref_x, ref_c, self.clip_vision_reference, self.clip_vision_first_pose
         frame = uint8_to_images(request.anchor_frame[None])
         pose = self.pose_images[request.anchor_pose_index:request.anchor_pose_index + 1]
-        # Each encoded alone, as the reference and the first pose of a plain run (causal VAE: frame 0 alone).
-        latents = [self.vae.encode(resize_frames(image, self.width, self.height)) for image in (frame, pose)]
-        clips = [self.clip_vision.encode_image(resize_frames(image, self.width, self.height), crop=False)
-                 for image in (frame, pose)]
-        return latents[0], latents[1], clips[0], clips[1]
+        # Each encoded alone, as the reference and the first pose of a plain run (causal VAE: frame 0 alone),
+        # and prepared as the core's segment anchor: the frame at the output size, the pose at the reference's.
+        ref_x = self.vae.encode(resize_frames(frame, self.width, self.height))
+        ref_c = self.vae.encode(official_pose_frames(pose, self.reference_hw, self.width, self.height))
+        pose_native = official_inputs.poses_at_reference_size(images_to_uint8(pose, "pose_images"), self.reference_hw)
+        clips = [encode_model_range(self.clip_vision, images)[0]
+                 for images in (images_to_model_range(frame), pose_native)]
+        return ref_x, ref_c, clips[0], clips[1]
 
 
 class SteadyDancerLongVideo(io.ComfyNode):
@@ -103,7 +109,7 @@ class SteadyDancerLongVideo(io.ComfyNode):
             description="A video of any length from the reference and the poses, generated segment by segment: "
                         "each segment keeps the last frame(s) of the previous one and the reference as identity "
                         "anchor, sampled with the DC-CFG of 'SteadyDancer KSampler'. Outputs exactly `length` "
-                        "frames; frame 0 is the reference.",
+                        "frames; frame 0 is the VAE decode of the kept reference.",
             inputs=[model_input()] + source_inputs() + size_inputs() + [
                 io.Int.Input("length", default=241, min=1, max=comfy_nodes.MAX_RESOLUTION,
                              tooltip="Number of output frames, any count up to the pose frames given "
@@ -128,7 +134,7 @@ class SteadyDancerLongVideo(io.ComfyNode):
                 "their seeds from it.") + negative_pose_inputs() + [
                 io.ClipVision.Input("clip_vision", optional=True,
                                     tooltip="CLIP vision model (clip_vision_h), needed by anchor = segment to "
-                                            "encode each segment's first frame and first pose (crop: none)."),
+                                            "encode each segment's first frame and first pose (official CLIP preprocessing)."),
             ],
             outputs=[io.Image.Output(display_name="frames")],
         )
@@ -140,7 +146,7 @@ class SteadyDancerLongVideo(io.ComfyNode):
                 pose_strength_spatial: float, pose_strength_temporal: float, negative_pose_seed: int, seed: int,
                 steps: int, text_cfg: float, pose_cfg: float, pose_start: float, pose_end: float, formula: str,
                 sampler_name: str, scheduler: str, negative_pose_images: torch.Tensor | None = None,
-                pose_keypoints: list | None = None, clip_vision: Any = None) -> io.NodeOutput:
+                pose_keypoints: list | None = None, clip_vision: Any = None, shift: str = "auto") -> io.NodeOutput:
         # Every check before the first VAE call (D10): a long run must not fail at segment 5. The core checks
         # anchor and color_match before it renders anything.
         require_steadydancer_model(model, NODE_NAME)
@@ -167,7 +173,8 @@ class SteadyDancerLongVideo(io.ComfyNode):
             width=width, height=height, pose_strength_spatial=pose_strength_spatial,
             pose_strength_temporal=pose_strength_temporal,
             sampling=dict(steps=steps, text_cfg=text_cfg, pose_cfg=pose_cfg, pose_start=pose_start,
-                          pose_end=pose_end, formula=formula, sampler_name=sampler_name, scheduler=scheduler),
+                          pose_end=pose_end, formula=formula, sampler_name=sampler_name, scheduler=scheduler,
+                          shift=shift),
             # One progress bar (with latent previews) over every segment's steps.
             progress=latent_preview.prepare_callback(model, total_steps), total_steps=total_steps)
         reference = images_to_uint8(resize_frames(reference_image[:1], width, height), "reference_image")[0]

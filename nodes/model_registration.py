@@ -19,6 +19,7 @@ import comfy.patcher_extension
 import comfy.supported_models
 from comfy.ldm.modules.attention import optimized_attention
 
+from ..steadydancer_core import schedule
 from ..steadydancer_core.model import SteadyDancerDiT
 from ..steadydancer_core.model.config import DiTConfig
 from . import cond_keys
@@ -265,6 +266,9 @@ class SteadyDancerConfig(comfy.supported_models.WAN21_I2V):
     """Supported-model entry: a Wan2.1 I2V state dict that also has the fused pose patch embedding."""
 
     required_keys = {STEADYDANCER_MARKER_KEY}
+    # The authors' default flow shift (their README runs 1024x576 at shift 5), not Wan2.1's generic 8.0 that
+    # WAN21_I2V inherits from WAN21_T2V: a graph without ModelSamplingSD3 then samples as the official code.
+    sampling_settings = {"shift": schedule.DEFAULT_SHIFT}
 
     def get_model(self, state_dict: dict[str, Any], prefix: str = "", device: torch.device | None = None) -> SteadyDancerModel:
         check_fp8_scales_understood(state_dict, vars(self).get("scaled_fp8"))

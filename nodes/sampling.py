@@ -27,6 +27,10 @@ from .model_registration import require_steadydancer_model
 CATEGORY = "SteadyDancer"
 OFFICIAL_SCHEDULER = "steadydancer_official"
 OFFICIAL_SAMPLER = "steadydancer_unipc"
+#: auto = the official shift rule by output size; model = the model's own shift (ModelSamplingSD3 or the default).
+SHIFT_MODES = ("auto", "model")
+#: Wan2.1's VAE: one latent pixel per 8x8 output pixels.
+LATENT_STRIDE = 8
 
 
 def step_of_sigma(sigma: float, sample_sigmas: torch.Tensor) -> int:
@@ -155,6 +159,29 @@ def model_shift(model: Any) -> float:
     return float(shift)
 
 
+def sampling_shift(model: Any, shift_mode: str, latent: torch.Tensor) -> tuple[float, str]:
+    """The flow shift a sampler node uses for a ``latent`` [B, C, T, h, w], and why (for the log)."""
+    if shift_mode == "model":
+        return model_shift(model), "the model's shift (ModelSamplingSD3, or the SteadyDancer default 5)"
+    if shift_mode != "auto":
+        raise ValueError(f"shift must be one of {SHIFT_MODES}, got {shift_mode!r}")
+    width, height = latent.shape[-1] * LATENT_STRIDE, latent.shape[-2] * LATENT_STRIDE
+    return schedule.default_shift(width, height), f"auto: the official rule for {width}x{height}"
+
+
+def with_shift(model: Any, shift: float) -> Any:
+    """A clone of ``model`` whose flow sampling uses ``shift`` (what ModelSamplingSD3 does); ``model`` when it
+    already does."""
+    base = model.get_model_object("model_sampling")
+    if float(base.shift) == shift:
+        return model
+    patched = copy.deepcopy(base)  # set_parameters re-registers buffers: never touch the shared object
+    patched.set_parameters(shift=shift, multiplier=base.multiplier)
+    clone = model.clone()
+    clone.add_object_patch("model_sampling", patched)
+    return clone
+
+
 def sample_official_unipc(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                           callback: Any = None, disable: bool | None = None) -> torch.Tensor:
     """ComfyUI sampler function: the official FlowUniPC (bh2, order 2) over ``sigmas``, fed x0 predictions."""
@@ -216,7 +243,10 @@ class SteadyDancerOfficialSchedule(io.ComfyNode):
             display_name="SteadyDancer Official Schedule",
             category=CATEGORY,
             description="The authors' UniPC sigma grid: linspace(0.999, 0, steps+1) shifted; ComfyUI's "
-                        "'simple' scheduler starts at 1.0 instead.",
+                        "'simple' scheduler starts at 1.0 instead. In SamplerCustomAdvanced two ComfyUI "
+                        "conventions remain: the start is sigma_0 * noise (official: the bare noise) and the DiT "
+                        "gets the float timestep 1000 * sigma (official: int(1000 * sigma)); 'SteadyDancer "
+                        "KSampler' with the steadydancer_official scheduler has neither difference.",
             inputs=[
                 io.Int.Input("steps", default=schedule.DEFAULT_STEPS, min=1, max=1000,
                              tooltip="Sampling steps (official 40)."),
@@ -242,7 +272,8 @@ class SteadyDancerOfficialSampler(io.ComfyNode):
             display_name="SteadyDancer Official Sampler",
             category=CATEGORY,
             description="The official FlowUniPC solver (bh2, order 2, x0 history) as a SAMPLER for "
-                        "SamplerCustomAdvanced; pair it with 'SteadyDancer Official Schedule'.",
+                        "SamplerCustomAdvanced; pair it with 'SteadyDancer Official Schedule' (see there how "
+                        "that route differs from the official start and timesteps).",
             inputs=[],
             outputs=[io.Sampler.Output(display_name="SAMPLER")],
         )
@@ -259,15 +290,21 @@ SamplerCallback = Callable[[int, torch.Tensor, torch.Tensor, int], None]
 def sample_dc_cfg(model: Any, seed: int, steps: int, text_cfg: float, pose_cfg: float, pose_start: float,
                   pose_end: float, formula: str, sampler_name: str, scheduler: str, positive: list, negative: list,
                   negative_pose: list, latent_image: dict, denoise: float = 1.0,
-                  callback: SamplerCallback | None = None, *, node_name: str) -> dict:
-    """DC-CFG sampling of one latent: the schedule (official grid or a ComfyUI scheduler), the guider and the
-    sampler, as 'SteadyDancer KSampler' runs it; shared with 'SteadyDancer Long Video' (one per segment).
+                  callback: SamplerCallback | None = None, *, node_name: str, shift: str = "auto") -> dict:
+    """DC-CFG sampling of one latent: the flow shift (``sampling_shift``), the schedule (official grid or a
+    ComfyUI scheduler), the guider and the sampler, as 'SteadyDancer KSampler' runs it; shared with
+    'SteadyDancer Long Video' (one per segment).
 
     ``callback`` defaults to ComfyUI's progress bar + latent preview over these ``steps``.
     """
     total = int(steps / denoise)
+    value, reason = sampling_shift(model, shift, latent_image["samples"])
+    model_value = model_shift(model)
+    ignored = f"; the model's shift {model_value:g} is not used (shift = model uses it)" if value != model_value else ""
+    logging.info(f"{node_name}: flow shift {value:g} ({reason}){ignored}")
+    model = with_shift(model, value)
     if scheduler == OFFICIAL_SCHEDULER:
-        official = schedule.official_unipc_schedule(total, model_shift(model))
+        official = schedule.official_unipc_schedule(total, value)
         sigmas = official.sigmas[-(steps + 1):]
         model = with_official_timesteps(model, official)
     else:
@@ -307,9 +344,14 @@ def sampling_inputs(seed_tooltip: str) -> list:
                                "ComfyUI sampler."),
         io.Combo.Input("scheduler", options=[OFFICIAL_SCHEDULER] + list(comfy.samplers.SCHEDULER_NAMES),
                        default=OFFICIAL_SCHEDULER,
-                       tooltip="steadydancer_official = the authors' sigma grid with the model's shift, "
+                       tooltip="steadydancer_official = the authors' sigma grid with the shift below, "
                                "integer timesteps and pure-noise start as in the official code; "
                                "or any ComfyUI scheduler."),
+        io.Combo.Input("shift", options=list(SHIFT_MODES), default="auto",
+                       tooltip="Flow shift, for every scheduler; the value used is logged. auto = the official "
+                               "rule by output size: 3.0 up to 832x480 pixels (the 480p preset), else 5.0. "
+                               "model = the model's own shift: ModelSamplingSD3's, or 5.0 (the SteadyDancer "
+                               "default) without one."),
     ]
 
 
@@ -333,10 +375,10 @@ class SteadyDancerKSampler(io.ComfyNode):
     def execute(cls, model: Any, seed: int, steps: int, text_cfg: float, pose_cfg: float, pose_start: float,
                 pose_end: float, sampler_name: str, scheduler: str, positive: list, negative: list,
                 negative_pose: list, latent_image: dict, denoise: float = 1.0,
-                formula: str = "official") -> io.NodeOutput:
+                formula: str = "official", shift: str = "auto") -> io.NodeOutput:
         require_steadydancer_model(model, "SteadyDancer KSampler")
         if denoise == 0.0:
             return io.NodeOutput(latent_image)
         return io.NodeOutput(sample_dc_cfg(model, seed, steps, text_cfg, pose_cfg, pose_start, pose_end, formula,
                                            sampler_name, scheduler, positive, negative, negative_pose, latent_image,
-                                           denoise, node_name="SteadyDancer KSampler"))
+                                           denoise, node_name="SteadyDancer KSampler", shift=shift))

@@ -3,22 +3,22 @@
 The components are the Diffusers-format Wan2.1-I2V ones (``Wan-AI/Wan2.1-I2V-14B-480P-Diffusers`` or
 ``-720P-Diffusers``: subfolders ``vae/``, ``text_encoder/``, ``tokenizer/``, ``image_encoder/``,
 ``image_processor/``). The wrappers only add what the official SteadyDancer pipeline does around the
-networks (model_spec §6): latent normalisation, prompt cleaning and trimming, the squash resize for CLIP.
+networks (model_spec §6): latent normalisation, prompt cleaning and trimming, the official CLIP input
+transform (``official_inputs.ClipPreprocess``).
 """
 from __future__ import annotations
 
 import html
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import ftfy
 import torch
-import torch.nn.functional as F
 
 from .errors import UserError
+from .official_inputs import CLIP_MEAN, CLIP_STD, ClipPreprocess
 
 #: Diffusers-format Wan2.1-I2V repositories holding the auxiliary components (either works; the
 #: VAE, T5 and CLIP weights are identical in both).
@@ -199,30 +199,6 @@ def pad_context(context: torch.Tensor, length: int) -> torch.Tensor:
 
 
 # ---- CLIP vision ------------------------------------------------------------------------------
-
-#: OpenAI CLIP normalisation, used by the official open-clip ViT-H/14 (model_spec §6.2).
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-@dataclass(frozen=True)
-class ClipPreprocess:
-    """The official CLIP input transform: squash-resize to ``size`` (no crop), [-1,1] -> [0,1], mean/std."""
-
-    size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """``images`` [B, 3, H, W] in [-1, 1] at native size -> normalised [B, 3, size, size] float32."""
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"CLIP input must be [B, 3, H, W], got {tuple(images.shape)}")
-        # Aspect ratio is deliberately not preserved and there is no antialias: official clip.py.
-        x = F.interpolate(images.float(), size=(self.size, self.size), mode="bicubic", align_corners=False)
-        x = x * 0.5 + 0.5
-        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
-
 
 class CLIPVisionEncoder:
     """transformers ``CLIPVisionModel``; returns the penultimate hidden states (official ``use_31_block``).

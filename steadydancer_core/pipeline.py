@@ -18,7 +18,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from .conditioning import (
@@ -29,12 +28,12 @@ from .conditioning import (
     latent_frame_count,
     output_size,
     resize_bicubic,
-    to_model_range,
     validate_frame_count,
     validate_size,
 )
 from .encoders import CLIPVisionEncoder, T5TextEncoder, WanVAE, pad_context
 from .frame_sources import Frames
+from .official_inputs import clip_images, frames_to_model_range, poses_at_reference_size
 from .guidance import DCCFGConfig, DCCFGGuidance, pose_window_steps
 from .memory import DiTPlacement, load_placed_dit
 from .model import SteadyDancerDiT
@@ -194,20 +193,6 @@ def _guidance(settings: SamplingSettings, pose_guidance: bool) -> DCCFGConfig:
 
 # ---- image preparation ---------------------------------------------------------------------------
 
-def frames_to_model_range(frames: np.ndarray) -> torch.Tensor:
-    """uint8 [N, H, W, 3] -> float32 [N, 3, H, W] in [-1, 1] (official to_tensor then (v - 0.5) / 0.5)."""
-    return to_model_range(torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).div(255.0))
-
-
-def resize_poses_to_reference(poses: np.ndarray, reference_hw: tuple[int, int]) -> np.ndarray:
-    """PIL bicubic resize of every pose frame to the reference's native size (official, before the torch resize)."""
-    height, width = reference_hw
-    if poses.shape[1:3] == (height, width):
-        return poses
-    return np.stack([np.asarray(Image.fromarray(p).resize((width, height), Image.Resampling.BICUBIC))
-                     for p in poses])
-
-
 def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
     """[3, F, H, W] in [-1, 1] -> uint8 [F, H, W, 3] (rounded, as the usual video writers do)."""
     return ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
@@ -267,14 +252,6 @@ class SteadyDancerPipeline:
         del encoder
         self._free_memory()
         return pad_context(positive, text_len)[None].float(), pad_context(negative, text_len)[None].float()
-
-    def encode_clip(self, reference: torch.Tensor, first_pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """CLIP of the reference and of the first positive pose frame, both at the reference's native size."""
-        encoder = CLIPVisionEncoder.from_pretrained(self.wan_dir, self.clip_dtype, self.device)
-        features = encoder.encode(torch.cat([reference, first_pose]).to(self.device)).float()
-        del encoder
-        self._free_memory()
-        return features[:1], features[1:]
 
     def encode_latents(self, kept: torch.Tensor, pose_native: torch.Tensor, negative_native: torch.Tensor | None,
                        plan: RunPlan, ref_x: torch.Tensor | None = None,
@@ -383,15 +360,14 @@ class SteadyDancerPipeline:
         def native_poses(source: Frames | None, indices: np.ndarray) -> torch.Tensor | None:
             if source is None:
                 return None
-            return frames_to_model_range(resize_poses_to_reference(source[indices], reference_hw))
+            return poses_at_reference_size(source[indices], reference_hw)
 
         ref_native = frames_to_model_range(reference[None])
         ref_resized = resize_bicubic(ref_native, first.height, first.width)
         reference_frame = to_uint8_frames(ref_resized.transpose(0, 1))[0]
         per_segment_clip = options.anchor == "segment" and len(plan.runs) > 1
         clip_encoder = CLIPVisionEncoder.from_pretrained(self.wan_dir, self.clip_dtype, self.device)
-        first_pose = native_poses(poses, np.array([0]))
-        reference_clip = clip_encoder.encode(torch.cat([ref_native, first_pose]).to(self.device)).float()
+        reference_clip = clip_encoder.encode(clip_images(ref_native, poses[np.array([0])][0]).to(self.device)).float()
         if not per_segment_clip:
             del clip_encoder
             self._free_memory()

@@ -72,7 +72,8 @@ def test_conditionings_and_latent(i2v_module, cond_keys, vae):
     # The causal VAE encodes frame 0 alone: the reference's own latent is frame 0 of the clip latent.
     reference_alone = vae.encode(i2v_module.resize_frames(frames(1, seed=3), 16, 32))
     torch.testing.assert_close(pos[cond_keys.REF_IMAGE_LATENT], reference_alone, rtol=1e-4, atol=1e-4)
-    pose_latent = vae.encode(i2v_module.resize_frames(frames(6, seed=4)[:5], 16, 32))
+    # Pose pictures: the official two-step resize via the reference's native size (40 x 24 here).
+    pose_latent = vae.encode(i2v_module.official_pose_frames(frames(6, seed=4)[:5], (40, 24), 16, 32))
     torch.testing.assert_close(pos[cond_keys.POSE_LATENT], pose_latent)
     torch.testing.assert_close(pos[cond_keys.REF_POSE_LATENT], pose_latent[:, :, :1])
     assert pos["clip_vision_output"].penultimate_hidden_states is not None
@@ -81,7 +82,7 @@ def test_conditionings_and_latent(i2v_module, cond_keys, vae):
     # Negative pose pass: positive text, perturbed poses, but ref_c from the POSITIVE first pose.
     neg_pose = negative_pose[0][1]
     torch.testing.assert_close(negative_pose[0][0], text_cond(1)[0][0])
-    expected_negative = vae.encode(i2v_module.resize_frames(frames(5, seed=7), 16, 32))
+    expected_negative = vae.encode(i2v_module.official_pose_frames(frames(5, seed=7), (40, 24), 16, 32))
     torch.testing.assert_close(neg_pose[cond_keys.POSE_LATENT], expected_negative)
     torch.testing.assert_close(neg_pose[cond_keys.REF_POSE_LATENT], pose_latent[:, :, :1])
 
@@ -135,8 +136,9 @@ def test_negative_pose_generated_from_keypoints(i2v_module, cond_keys, vae):
     doc = pose_keypoint_doc(5)
     out = run(i2v_module, vae, negative_pose_images=None, pose_keypoints=doc, negative_pose_seed=9)
     perturbed, _ = negative.negative_poses(keypoints.frames_from_pose_keypoint(doc), seed=9)
-    pictures = torch.from_numpy(render.render_frames(perturbed, 16, 32)).float() / 255
-    expected = vae.encode(i2v_module.resize_frames(pictures, 16, 32))
+    # Drawn on the positive pictures' canvas (24 x 40), then resized as every pose picture.
+    pictures = torch.from_numpy(render.render_frames(perturbed, 24, 40)).float() / 255
+    expected = vae.encode(i2v_module.official_pose_frames(pictures, (40, 24), 16, 32))
     torch.testing.assert_close(out.result[2][0][1][cond_keys.POSE_LATENT], expected)
     with pytest.raises(ValueError, match="pose_keypoints has 3 frames but length is 5"):
         run(i2v_module, vae, negative_pose_images=None, pose_keypoints=pose_keypoint_doc(3))

@@ -14,6 +14,8 @@ import torch
 from tests.comfyui import harness
 from tests.comfyui.tiny_models import CLIP_DIM, comfy_wan21_vae, random_clip_vision_vitl, tiny_dit_state_dict
 
+from steadydancer_core import official_inputs
+
 W, H = 16, 32
 N = 11  # not 4n+1; segments of 5 frames carrying 1 -> output frames 0-4, 5-8, 9-10 (3 segments)
 SEGMENT, CARRY, STEPS, SEED = 5, 1, 2, 3
@@ -107,6 +109,13 @@ def encode(images: torch.Tensor) -> torch.Tensor:
     return comfy_wan21_vae().encode(i2v.resize_frames(images, W, H))
 
 
+def encode_pose(images: torch.Tensor) -> torch.Tensor:
+    """Pose pictures as Image To Video encodes them: official resizing via the reference's size (H x W here, so
+    the PIL step is skipped) after the 8-bit rounding of the pictures (the official code reads 8-bit files)."""
+    i2v = harness.pack_module("nodes.image_to_video")
+    return comfy_wan21_vae().encode(i2v.official_pose_frames(images, (H, W), W, H))
+
+
 def test_long_video_gives_exactly_n_frames_over_three_segments(long_run):
     assert long_run.frames.shape == (N, H, W, 3) and long_run.frames.dtype == torch.float32
     assert [(r.segment.start, r.segment.length, r.segment.carried, r.segment.emitted) for r in long_run.requests] == [
@@ -142,7 +151,7 @@ def test_long_video_segment_conditionings_match_an_independent_construction(long
     positive0 = long_run.conditionings[0][0][0][1]
     reference_latent = encode(frames(1, 3))
     torch.testing.assert_close(positive0[keys.REF_IMAGE_LATENT], reference_latent, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(positive0[keys.REF_POSE_LATENT], encode(frames(N, 4)[:1]))
+    torch.testing.assert_close(positive0[keys.REF_POSE_LATENT], encode_pose(frames(N, 4)[:1]))
     for request, (positive, negative, negative_pose, latent) in zip(long_run.requests[1:], long_run.conditionings[1:]):
         seg = request.segment
         cond = positive[0][1]
@@ -154,8 +163,8 @@ def test_long_video_segment_conditionings_match_an_independent_construction(long
         clip[:CARRY] = long_run.frames[seg.start:seg.start + CARRY]
         torch.testing.assert_close(cond["concat_latent_image"], encode(clip))
         indices = [min(i, N - 1) for i in range(seg.start, seg.start + SEGMENT)]
-        torch.testing.assert_close(cond[keys.POSE_LATENT], encode(frames(N, 4)[indices]))
-        torch.testing.assert_close(negative_pose[0][1][keys.POSE_LATENT], encode(frames(N, 7)[indices]))
+        torch.testing.assert_close(cond[keys.POSE_LATENT], encode_pose(frames(N, 4)[indices]))
+        torch.testing.assert_close(negative_pose[0][1][keys.POSE_LATENT], encode_pose(frames(N, 7)[indices]))
         for entry in (positive[0][1], negative[0][1], negative_pose[0][1]):
             assert entry[keys.REF_IMAGE_LATENT] is positive0[keys.REF_IMAGE_LATENT]
             assert entry[keys.REF_POSE_LATENT] is positive0[keys.REF_POSE_LATENT]
@@ -202,7 +211,6 @@ def test_long_video_segment_anchor_encodes_each_segments_first_frame_and_pose(lo
 
     clip_vision = comfy.clip_vision.load_clipvision_from_sd(random_clip_vision_vitl())
     model = comfy.sd.load_diffusion_model_state_dict(tiny_dit_state_dict(TINY.replace(clip_dim=CLIP_DIM)))
-    i2v = harness.pack_module("nodes.image_to_video")
     reference_clip = clip_vision.encode_image(frames(1, 3), crop=False)
     pose_clip = clip_vision.encode_image(frames(9, 4)[:1], crop=False)
     run = Recorded(long_video, node_args(model, length=9, steps=1, anchor="segment", color_match="previous",
@@ -214,10 +222,14 @@ def test_long_video_segment_anchor_encodes_each_segments_first_frame_and_pose(lo
     assert first["clip_vision_output"] is reference_clip and first[keys.POSE_CLIP_VISION_OUTPUT] is pose_clip
     anchor_frame, anchor_pose = run.frames[4:5], frames(9, 4)[4:5]
     torch.testing.assert_close(second[keys.REF_IMAGE_LATENT], encode(anchor_frame))
-    torch.testing.assert_close(second[keys.REF_POSE_LATENT], encode(anchor_pose))
-    for entry, image in ((second["clip_vision_output"], anchor_frame),
-                         (second[keys.POSE_CLIP_VISION_OUTPUT], anchor_pose)):
-        expected = clip_vision.encode_image(i2v.resize_frames(image, W, H), crop=False)
+    torch.testing.assert_close(second[keys.REF_POSE_LATENT], encode_pose(anchor_pose))
+    # CLIP with the official preprocessing: the frame as it is, the pose picture at the reference's size.
+    clip_node = harness.pack_module("nodes.clip_vision")
+    pose_native = official_inputs.poses_at_reference_size(
+        (anchor_pose * 255).round().to(torch.uint8).numpy(), (H, W))
+    for entry, images in ((second["clip_vision_output"], clip_node.images_to_model_range(anchor_frame)),
+                          (second[keys.POSE_CLIP_VISION_OUTPUT], pose_native)):
+        expected = clip_node.encode_model_range(clip_vision, images)[0]
         torch.testing.assert_close(entry.penultimate_hidden_states, expected.penultimate_hidden_states)
     # The negative-pose pass keeps the segment's positive first pose as ref_c.
     assert run.conditionings[1][2][0][1][keys.REF_POSE_LATENT] is second[keys.REF_POSE_LATENT]
@@ -294,4 +306,4 @@ def test_long_video_negative_poses_from_keypoints(long_video, model, keys):
     pictures = i2v.negative_pose_frames(doc, N, W, H, 9)
     for request, (_, _, negative_pose, _) in zip(run.requests, run.conditionings):
         torch.testing.assert_close(negative_pose[0][1][keys.POSE_LATENT],
-                                   encode(pictures[torch.from_numpy(np.asarray(request.pose_indices))]))
+                                   encode_pose(pictures[torch.from_numpy(np.asarray(request.pose_indices))]))

@@ -116,7 +116,7 @@ def test_ksampler_equals_guider_with_sampler_custom_advanced(sampling, model, co
 
     positive, negative, negative_pose, latent = conditionings
     out = sampling.SteadyDancerKSampler.execute(model, 11, 4, 5.0, 1.0, 0.1, 0.4, "euler", "simple", positive,
-                                                negative, negative_pose, latent, 1.0).result[0]
+                                                negative, negative_pose, latent, 1.0, shift="model").result[0]
     assert out["samples"].shape == latent["samples"].shape and torch.isfinite(out["samples"]).all()
 
     guider = sampling.SteadyDancerDCCFGGuider.execute(model, positive, negative, negative_pose, 5.0, 1.0,
@@ -134,12 +134,47 @@ def test_ksampler_equals_guider_with_sampler_custom_advanced(sampling, model, co
     torch.testing.assert_close(out["samples"], core_out["samples"])
 
 
-def test_official_scheduler_uses_model_shift(sampling, model):
+def test_steadydancer_file_samples_at_the_authors_shift_by_default(sampling, model):
+    """Load Diffusion Model gives shift 5.0 (the authors' README run), not Wan2.1's generic 8.0;
+    ModelSamplingSD3 still sets its own."""
     import comfy_extras.nodes_model_advanced as advanced
 
+    assert sampling.model_shift(model) == 5.0
     shifted = advanced.ModelSamplingSD3().patch(model, 3.0)[0]
     assert sampling.model_shift(shifted) == 3.0
-    assert sampling.model_shift(model) == 8.0  # Wan default in ComfyUI
+
+
+@pytest.mark.parametrize("latent_hw, expected", [((72, 128), 5.0), ((128, 72), 5.0), ((60, 104), 3.0),
+                                                 ((104, 60), 3.0), ((58, 104), 3.0), ((90, 160), 5.0)])
+def test_shift_auto_is_the_official_rule_by_output_size(sampling, model, latent_hw, expected):
+    """Official generate.py: 3.0 for the 832*480 / 480*832 presets (any output size they give), else 5.0."""
+    value, reason = sampling.sampling_shift(model, "auto", torch.zeros(1, 16, 1, *latent_hw))
+    assert value == expected and f"{latent_hw[1] * 8}x{latent_hw[0] * 8}" in reason
+    assert sampling.sampling_shift(model, "model", torch.zeros(1, 16, 1, *latent_hw))[0] == 5.0
+    with pytest.raises(ValueError, match="shift must be one of"):
+        sampling.sampling_shift(model, "7", torch.zeros(1, 16, 1, *latent_hw))
+
+
+@pytest.mark.parametrize("sampler_name, scheduler", [("steadydancer_unipc", "steadydancer_official"),
+                                                     ("euler", "simple")])
+def test_shift_auto_samples_as_model_sampling_sd3_at_that_shift(sampling, model, conditionings, caplog,
+                                                                sampler_name, scheduler):
+    """At 16x32 auto means 3.0: the same run as ModelSamplingSD3(3.0) + shift = model, for every scheduler; the
+    value is logged, and the model's own sampling object is left alone."""
+    import logging
+
+    from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+
+    positive, negative, negative_pose, latent = conditionings
+    run = lambda m, shift: sampling.SteadyDancerKSampler.execute(  # noqa: E731
+        m, 3, 3, 5.0, 1.0, 0.1, 0.4, sampler_name, scheduler, positive, negative, negative_pose, latent, 1.0,
+        shift=shift).result[0]["samples"]
+    with caplog.at_level(logging.INFO):
+        auto = run(model, "auto")
+    assert "flow shift 3 (auto: the official rule for 16x32); the model's shift 5 is not used" in caplog.text
+    assert sampling.model_shift(model) == 5.0
+    torch.testing.assert_close(auto, run(ModelSamplingSD3().patch(model, 3.0)[0], "model"), rtol=0, atol=0)
+    assert not torch.allclose(auto, run(model, "model"))
 
 
 def test_official_schedule_values(sampling):
@@ -168,11 +203,14 @@ def test_plain_wan_model_is_refused(sampling, conditionings):
         sampling.SteadyDancerDCCFGGuider.execute(plain, positive, negative, negative_pose, 5.0, 1.0, 0.1, 0.4)
 
 
-def test_official_ksampler_reproduces_core_dc_cfg_unipc(sampling, model, conditionings):
-    """Official scheduler + sampler == the core's official loop (integer timesteps, pure-noise start,
-    FlowUniPC, DC-CFG in the window) run with the core DiT on the same latents."""
+def core_dc_cfg_unipc(model, conditionings, steps: int, seed: int, shift: float, *, official_start: bool,
+                      integer_timesteps: bool) -> torch.Tensor:
+    """The core's DC-CFG + FlowUniPC loop with the core DiT on the node's latents (ComfyUI's latent space).
+
+    official_start: start from the bare noise (official) instead of sigma_0 * noise (ComfyUI's noise scaling);
+    integer_timesteps: the DiT gets the official int(1000 sigma) instead of the float 1000 sigma.
+    """
     import comfy.sample
-    from comfy_extras.nodes_model_advanced import ModelSamplingSD3
 
     from steadydancer_core import conditioning as core_conditioning
     from steadydancer_core import guidance as core_guidance
@@ -184,12 +222,6 @@ def test_official_ksampler_reproduces_core_dc_cfg_unipc(sampling, model, conditi
 
     keys = harness.pack_module("nodes.cond_keys")
     positive, negative, negative_pose, latent = conditionings
-    shifted = ModelSamplingSD3().patch(model, 5.0)[0]
-    steps, seed = 6, 21
-    out = sampling.SteadyDancerKSampler.execute(shifted, seed, steps, 5.0, 1.0, 0.1, 0.4, "steadydancer_unipc",
-                                                "steadydancer_official", positive, negative, negative_pose, latent,
-                                                1.0).result[0]["samples"]
-
     fmt = model.model.latent_format
     pos = positive[0][1]
     _, _, frames, h, w = latent["samples"].shape
@@ -201,8 +233,11 @@ def test_official_ksampler_reproduces_core_dc_cfg_unipc(sampling, model, conditi
     pose = fmt.process_in(pos[keys.POSE_LATENT])
     neg_pose = fmt.process_in(negative_pose[0][1][keys.POSE_LATENT])
     dit = core_dit(tiny_dit_state_dict(), TINY.replace(text_len=512))
+    grid = core_schedule.official_unipc_schedule(steps, shift)
 
     def velocity(sample, timestep, index):
+        if not integer_timesteps:
+            timestep = grid.sigmas[index:index + 1] * 1000
         x = torch.cat([sample, y], 1)
         e_c = dit(x, timestep, positive[0][0], pose_latents=pose, **shared)
         e_t = dit(x, timestep, negative[0][0], pose_latents=pose, **shared)
@@ -211,10 +246,48 @@ def test_official_ksampler_reproduces_core_dc_cfg_unipc(sampling, model, conditi
             v = v + 1.0 * (e_c - dit(x, timestep, positive[0][0], pose_latents=neg_pose, **shared))
         return v
 
+    noise = comfy.sample.prepare_noise(latent["samples"], seed)
+    start = noise if official_start else grid.sigmas[0] * noise
     with torch.no_grad():
-        x0 = core_solvers.sample_flow(velocity, comfy.sample.prepare_noise(latent["samples"], seed),
-                                      core_schedule.official_unipc_schedule(steps, 5.0), "unipc")
-    torch.testing.assert_close(out, fmt.process_out(x0), rtol=1e-4, atol=1e-4)
+        return fmt.process_out(core_solvers.sample_flow(velocity, start, grid, "unipc"))
+
+
+def test_official_ksampler_reproduces_core_dc_cfg_unipc(sampling, model, conditionings):
+    """Official scheduler + sampler == the core's official loop (integer timesteps, pure-noise start,
+    FlowUniPC, DC-CFG in the window) run with the core DiT on the same latents."""
+    from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+
+    positive, negative, negative_pose, latent = conditionings
+    shifted = ModelSamplingSD3().patch(model, 5.0)[0]
+    steps, seed = 6, 21
+    out = sampling.SteadyDancerKSampler.execute(shifted, seed, steps, 5.0, 1.0, 0.1, 0.4, "steadydancer_unipc",
+                                                "steadydancer_official", positive, negative, negative_pose, latent,
+                                                1.0, shift="model").result[0]["samples"]
+    expected = core_dc_cfg_unipc(model, conditionings, steps, seed, 5.0, official_start=True, integer_timesteps=True)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_sampler_custom_advanced_route_differs_exactly_as_documented(sampling, model, conditionings):
+    """Official Schedule + Official Sampler in SamplerCustomAdvanced == the core loop started from sigma_0 * noise
+    with the float timesteps 1000 sigma (the README's statement), and not the official loop."""
+    import comfy.samplers
+    from comfy_extras import nodes_custom_sampler
+
+    positive, negative, negative_pose, latent = conditionings
+    steps, seed = 6, 21
+    guider = sampling.SteadyDancerDCCFGGuider.execute(model, positive, negative, negative_pose, 5.0, 1.0,
+                                                      0.1, 0.4).result[0]
+    sigmas = sampling.SteadyDancerOfficialSchedule.execute(steps, 5.0, 1.0).result[0]
+    official_sampler = sampling.SteadyDancerOfficialSampler.execute().result[0]
+    args = (nodes_custom_sampler.Noise_RandomNoise(seed), guider, official_sampler, sigmas, latent)
+    node = nodes_custom_sampler.SamplerCustomAdvanced
+    out = (node.execute(*args).result[0] if hasattr(node, "execute") else node().sample(*args)[0])["samples"]
+    assert isinstance(official_sampler, comfy.samplers.KSAMPLER)
+    described = core_dc_cfg_unipc(model, conditionings, steps, seed, 5.0, official_start=False,
+                                  integer_timesteps=False)
+    torch.testing.assert_close(out, described, rtol=1e-4, atol=1e-4)
+    official = core_dc_cfg_unipc(model, conditionings, steps, seed, 5.0, official_start=True, integer_timesteps=True)
+    assert float((out - official).abs().max()) > 1e-3
 
 
 def comfyui_slices_video_conds() -> bool:

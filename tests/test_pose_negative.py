@@ -20,6 +20,7 @@ def test_parity_with_recorded_official_draws(fixture):
     draws = [NegativeDraw(scale=d["scale"], aspect=d["aspect"]) for d in fixture["negative_draws"]]
     negative, used = negative_poses(aligned, draws=draws)
     assert used == draws
+    assert len(negative) == len(fixture["negative"]) == len(aligned)
     for frame, expected in zip(negative, fixture["negative"]):
         np.testing.assert_allclose(frame.people[0].body, expected["body"], rtol=0, atol=1e-12)
         np.testing.assert_allclose(frame.people[0].hands, expected["hands"], rtol=0, atol=1e-12)

@@ -96,9 +96,10 @@ CLIP_VISION, CLIP_VISION_OUTPUT = "CLIP_VISION", "CLIP_VISION_OUTPUT"
 DETECTOR, POSE_KEYPOINT = "STEADYDANCER_POSE_DETECTOR", "POSE_KEYPOINT"
 
 
-def source_nodes(*, width: int, height: int, length: int, shift: float, prompt: str,
-                 lora: str | None) -> list[Node]:
-    """Nodes 1-13 (+ 19 with a LoRA): inputs, poses, CLIP vision, text, VAE and the model (node 13's output)."""
+def source_nodes(*, width: int, height: int, length: int, shift: float | None, prompt: str,
+                 lora: str | None) -> tuple[list[Node], tuple[int, int]]:
+    """Nodes 1-12 (+ 19 with a LoRA, + 13 ModelSamplingSD3 when ``shift`` is given): inputs, poses, CLIP vision,
+    text, VAE and the model; returns them and the (node, slot) of the model the sampler takes."""
     model_source = (12, 0)
     # Driving video sits in a column of its own: the frontend grows it by the video preview once a
     # file is chosen, so nothing may lie below it.
@@ -118,12 +119,11 @@ def source_nodes(*, width: int, height: int, length: int, shift: float, prompt: 
                       ("keypoints", POSE_KEYPOINT)]),
         Node(5, "CLIPVisionLoader", (380, 0), [("clip_name", "clip_vision_h.safetensors")],
              outputs=[("CLIP_VISION", CLIP_VISION)]),
-        Node(6, "CLIPVisionEncode", (760, 0), [("crop", "none")],
-             inputs=[("clip_vision", CLIP_VISION, (5, 0)), ("image", IMAGE, (1, 0))],
-             outputs=[("CLIP_VISION_OUTPUT", CLIP_VISION_OUTPUT)], title="CLIP of the reference"),
-        Node(7, "CLIPVisionEncode", (760, 180), [("crop", "none")],
-             inputs=[("clip_vision", CLIP_VISION, (5, 0)), ("image", IMAGE, (4, 2))],
-             outputs=[("CLIP_VISION_OUTPUT", CLIP_VISION_OUTPUT)], title="CLIP of the first pose"),
+        # The official CLIP preprocessing (core CLIP Vision Encode antialiases and rounds to 8 bits).
+        Node(6, "SteadyDancerClipVisionEncode", (760, 0),
+             inputs=[("clip_vision", CLIP_VISION, (5, 0)), ("reference_image", IMAGE, (1, 0)),
+                     ("pose_images", IMAGE, (4, 0))],
+             outputs=[("clip_vision_reference", CLIP_VISION_OUTPUT), ("clip_vision_first_pose", CLIP_VISION_OUTPUT)]),
         Node(8, "CLIPLoader", (0, 760),
              [("clip_name", "umt5_xxl_fp8_e4m3fn_scaled.safetensors"), ("type", "wan"), ("device", "default")],
              outputs=[("CLIP", CLIP)]),
@@ -140,11 +140,11 @@ def source_nodes(*, width: int, height: int, length: int, shift: float, prompt: 
         nodes.append(Node(19, "LoraLoaderModelOnly", (380, 1300), [("lora_name", lora), ("strength_model", 1.0)],
                           inputs=[("model", MODEL, (12, 0))], outputs=[("MODEL", MODEL)], title="Distilled LoRA"))
         model_source = (19, 0)
-    nodes += [
-        Node(13, "ModelSamplingSD3", (760, 1300), [("shift", shift)], inputs=[("model", MODEL, model_source)],
-             outputs=[("MODEL", MODEL)]),
-    ]
-    return nodes
+    if shift is not None:
+        nodes.append(Node(13, "ModelSamplingSD3", (760, 1300), [("shift", shift)],
+                          inputs=[("model", MODEL, model_source)], outputs=[("MODEL", MODEL)]))
+        model_source = (13, 0)
+    return nodes, model_source
 
 
 def save_nodes(images: tuple[int, int], prefix: str, create_pos: tuple[int, int],
@@ -158,25 +158,32 @@ def save_nodes(images: tuple[int, int], prefix: str, create_pos: tuple[int, int]
     ]
 
 
+def shift_mode(shift: float | None) -> str:
+    """The samplers' shift widget: the model's (ModelSamplingSD3) when the workflow sets one, else auto."""
+    return "auto" if shift is None else "model"
+
+
 def animate_workflow(*, width: int, height: int, length: int, steps: int, text_cfg: float, pose_cfg: float,
-                     sampler: str, scheduler: str, shift: float, prompt: str, lora: str | None,
+                     sampler: str, scheduler: str, shift: float | None, prompt: str, lora: str | None,
                      prefix: str) -> list[Node]:
-    return source_nodes(width=width, height=height, length=length, shift=shift, prompt=prompt, lora=lora) + [
+    sources, model_source = source_nodes(width=width, height=height, length=length, shift=shift, prompt=prompt,
+                                         lora=lora)
+    return sources + [
         Node(14, "SteadyDancerImageToVideo", (1140, 380),
              [("width", width), ("height", height), ("length", length), ("pose_strength_spatial", 1.0),
               ("pose_strength_temporal", 1.0), ("negative_pose_seed", 0)],
              inputs=[("positive", COND, (9, 0)), ("negative", COND, (10, 0)), ("vae", VAE, (11, 0)),
                      ("reference_image", IMAGE, (1, 0)), ("pose_images", IMAGE, (4, 0)),
                      ("clip_vision_reference", CLIP_VISION_OUTPUT, (6, 0)),
-                     ("clip_vision_first_pose", CLIP_VISION_OUTPUT, (7, 0)),
+                     ("clip_vision_first_pose", CLIP_VISION_OUTPUT, (6, 1)),
                      ("negative_pose_images", IMAGE, (4, 1)), ("pose_keypoints", POSE_KEYPOINT, None)],
              outputs=[("positive", COND), ("negative", COND), ("negative_pose", COND), ("latent", LATENT)]),
         Node(15, "SteadyDancerKSampler", (1520, 380),
              [("seed", 106060), ("steps", steps), ("text_cfg", text_cfg), ("pose_cfg", pose_cfg),
               ("pose_start", 0.1), ("pose_end", 0.4), ("formula", "official"), ("sampler_name", sampler),
-              ("scheduler", scheduler),
+              ("scheduler", scheduler), ("shift", shift_mode(shift)),
               ("denoise", 1.0)],
-             inputs=[("model", MODEL, (13, 0)), ("positive", COND, (14, 0)), ("negative", COND, (14, 1)),
+             inputs=[("model", MODEL, model_source), ("positive", COND, (14, 0)), ("negative", COND, (14, 1)),
                      ("negative_pose", COND, (14, 2)), ("latent_image", LATENT, (14, 3))],
              outputs=[("LATENT", LATENT)]),
         Node(16, "VAEDecode", (1900, 380), inputs=[("samples", LATENT, (15, 0)), ("vae", VAE, (11, 0))],
@@ -185,21 +192,23 @@ def animate_workflow(*, width: int, height: int, length: int, steps: int, text_c
 
 
 def long_video_workflow(*, width: int, height: int, length: int, segment_frames: int, steps: int,
-                        text_cfg: float, pose_cfg: float, sampler: str, scheduler: str, shift: float, prompt: str,
-                        prefix: str) -> list[Node]:
+                        text_cfg: float, pose_cfg: float, sampler: str, scheduler: str, shift: float | None,
+                        prompt: str, prefix: str) -> list[Node]:
     """Workflow (a)'s inputs, then SteadyDancer Long Video in place of Image To Video + KSampler + VAE Decode."""
-    return source_nodes(width=width, height=height, length=length, shift=shift, prompt=prompt, lora=None) + [
+    sources, model_source = source_nodes(width=width, height=height, length=length, shift=shift, prompt=prompt,
+                                         lora=None)
+    return sources + [
         Node(20, "SteadyDancerLongVideo", (1140, 380),
              [("width", width), ("height", height), ("length", length), ("segment_frames", segment_frames),
               ("carry_frames", 1), ("anchor", "reference"), ("color_match", "reference"),
               ("pose_strength_spatial", 1.0), ("pose_strength_temporal", 1.0), ("negative_pose_seed", 0),
               ("seed", 106060), ("steps", steps), ("text_cfg", text_cfg), ("pose_cfg", pose_cfg),
               ("pose_start", 0.1), ("pose_end", 0.4), ("formula", "official"), ("sampler_name", sampler),
-              ("scheduler", scheduler)],
-             inputs=[("model", MODEL, (13, 0)), ("positive", COND, (9, 0)), ("negative", COND, (10, 0)),
+              ("scheduler", scheduler), ("shift", shift_mode(shift))],
+             inputs=[("model", MODEL, model_source), ("positive", COND, (9, 0)), ("negative", COND, (10, 0)),
                      ("vae", VAE, (11, 0)), ("reference_image", IMAGE, (1, 0)), ("pose_images", IMAGE, (4, 0)),
                      ("clip_vision_reference", CLIP_VISION_OUTPUT, (6, 0)),
-                     ("clip_vision_first_pose", CLIP_VISION_OUTPUT, (7, 0)),
+                     ("clip_vision_first_pose", CLIP_VISION_OUTPUT, (6, 1)),
                      ("negative_pose_images", IMAGE, (4, 1)), ("pose_keypoints", POSE_KEYPOINT, None),
                      # Only anchor = segment uses it (CLIP of each segment's first frame and pose).
                      ("clip_vision", CLIP_VISION, None)],
@@ -208,12 +217,14 @@ def long_video_workflow(*, width: int, height: int, length: int, segment_frames:
 
 
 WORKFLOWS = {
-    # (a) the authors' settings: 40 steps, text cfg 5, pose cfg 1.0 in steps 0.1..0.4, shift 5, official grid.
+    # (a) the authors' settings: 40 steps, text cfg 5, pose cfg 1.0 in steps 0.1..0.4, official grid, shift auto
+    # (5.0 at this size, as the authors' README run; 3.0 if the size is changed to 480p, as the official code).
     "steadydancer_animate": animate_workflow(
         width=576, height=1024, length=81, steps=40, text_cfg=5.0, pose_cfg=1.0, sampler="steadydancer_unipc",
-        scheduler="steadydancer_official", shift=5.0, lora=None, prefix="steadydancer/animate",
+        scheduler="steadydancer_official", shift=None, lora=None, prefix="steadydancer/animate",
         prompt="A person dancing, smooth natural motion, high quality, detailed."),
-    # (b) fast preview: 4-step distilled LoRA at cfg 1 (no negative-text pass), pose term kept (step 1).
+    # (b) fast preview: 4-step distilled LoRA at cfg 1 (no negative-text pass), pose term kept (step 1), the
+    # shift set by ModelSamplingSD3 (shift = model).
     "steadydancer_fast_preview": animate_workflow(
         width=480, height=832, length=81, steps=4, text_cfg=1.0, pose_cfg=1.0, sampler="euler", scheduler="simple",
         shift=5.0, lora="lightx2v_I2V_14B_480p_cfg_step_distill_rank64_bf16.safetensors",
@@ -221,7 +232,7 @@ WORKFLOWS = {
     # (c) long video: (a)'s settings over 241 frames (15 s) = 3 segments of 81 frames carrying 1 (81 + 80 + 80).
     "steadydancer_long_video": long_video_workflow(
         width=576, height=1024, length=241, segment_frames=81, steps=40, text_cfg=5.0, pose_cfg=1.0,
-        sampler="steadydancer_unipc", scheduler="steadydancer_official", shift=5.0, prefix="steadydancer/long_video",
+        sampler="steadydancer_unipc", scheduler="steadydancer_official", shift=None, prefix="steadydancer/long_video",
         prompt="A person dancing, smooth natural motion, high quality, detailed."),
 }
 

@@ -93,3 +93,41 @@ def random_clip_vision_vitl() -> dict[str, torch.Tensor]:
         else:
             state[key] = (torch.randn(value.shape, generator=g) * 0.02).to(torch.float16)
     return state
+
+
+#: A tiny CLIP vision tower in the released layout (pre-norm ViT, 257 tokens at 32 px with 2 px patches).
+TINY_CLIP_VISION = {"hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 3, "num_attention_heads": 4,
+                    "image_size": 32, "patch_size": 2, "projection_dim": 16, "hidden_act": "gelu",
+                    "num_channels": 3, "layer_norm_eps": 1e-5, "model_type": "clip_vision_model"}
+
+
+def tiny_clip_vision_pair(folder: Path, seed: int = 0):
+    """The same random tiny CLIP vision weights as ComfyUI's ``ClipVisionModel`` and as the core's standalone
+    ``CLIPVisionEncoder`` (transformers), so their features can be compared.
+
+    The weights are rounded to float16 (ComfyUI stores a CLIP tower in fp16 on the CPU and computes in fp32), so
+    both compute in float32 on the same values. Needs ComfyUI importable.
+    """
+    import comfy.clip_vision
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from steadydancer_core.encoders import CLIPVisionEncoder
+    from steadydancer_core.official_inputs import CLIP_MEAN, CLIP_STD
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    network = CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_CLIP_VISION)).eval()
+    with torch.no_grad():
+        for param in network.parameters():
+            param.copy_((param + torch.randn_like(param) * 0.02).half().float())
+    network.save_pretrained(str(folder / "image_encoder"))
+    (folder / "image_processor").mkdir(parents=True, exist_ok=True)
+    (folder / "image_processor" / "preprocessor_config.json").write_text(json.dumps(
+        {"image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD)}))
+    config_path = folder / "comfy_clip_vision_config.json"
+    config_path.write_text(json.dumps(TINY_CLIP_VISION))
+    comfy_model = comfy.clip_vision.ClipVisionModel(str(config_path))
+    missing, unexpected = comfy_model.load_sd(network.state_dict())
+    if missing or unexpected:
+        raise AssertionError(f"tiny CLIP layouts differ: missing {missing}, unexpected {unexpected}")
+    return comfy_model, CLIPVisionEncoder.from_pretrained(folder)
