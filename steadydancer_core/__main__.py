@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "driving video + reference image -> aligned positive and negative pose frames"),
     "animate": ("steadydancer_core.cli_animate",
                 "reference image + pose frames + prompt -> animated mp4 (standalone inference)"),
+    "evaluate": ("steadydancer_core.evaluate.cli", "generated vs reference videos -> SSIM/PSNR/LPIPS/FID/FVD, first-frame, pose-following, temporal report"),
 }
 
 
