@@ -16,7 +16,7 @@ from PIL import Image
 from steadydancer_core.__main__ import main
 from steadydancer_core.evaluate import EvalConfig, FramePolicy, evaluate, pair_inputs, pose_following
 from steadydancer_core.evaluate.backbones import FID_INCEPTION, FVD_I3D, BackboneMissing, ensure_backbones, torch_hub_dir
-from steadydancer_core.evaluate.frame_metrics import PSNR_CAP, psnr_per_frame, ssim_per_frame
+from steadydancer_core.evaluate.frame_metrics import PSNR_CAP, psnr_per_frame, ssim_disco_per_frame, ssim_per_frame
 from steadydancer_core.evaluate.temporal import frame_steps, temporal_summary
 from steadydancer_core.errors import InputError
 from steadydancer_core.pose.detect.protocol import PoseDetector, check_image
@@ -71,6 +71,23 @@ def test_ssim_falls_as_noise_grows():
     reference = _frames()
     values = [ssim_per_frame(_noisy(reference, sigma), reference).mean() for sigma in (1.0, 5.0, 15.0, 40.0)]
     assert values[0] < 1.0
+    assert all(a > b for a, b in zip(values, values[1:])), values
+
+
+@pytest.mark.parametrize("ssim", [ssim_per_frame, ssim_disco_per_frame], ids=["torchmetrics", "disco"])
+def test_ssim_of_flat_images_is_the_closed_form_luminance_term(ssim):
+    # Flat images have no variance, so SSIM reduces to (2ab + C1) / (a² + b² + C1), C1 = (0.01·255)².
+    c1 = (0.01 * 255) ** 2
+    for a, b in ((100, 100), (100, 120), (30, 200)):
+        first = np.full((1, 24, 24, 3), a, np.uint8)
+        second = np.full((1, 24, 24, 3), b, np.uint8)
+        assert ssim(first, second)[0] == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1), rel=1e-5)
+
+
+def test_disco_ssim_is_one_for_identical_frames_and_falls_with_noise():
+    reference = _frames()
+    np.testing.assert_allclose(ssim_disco_per_frame(reference, reference), 1.0)
+    values = [ssim_disco_per_frame(_noisy(reference, sigma), reference).mean() for sigma in (1.0, 5.0, 15.0, 40.0)]
     assert all(a > b for a, b in zip(values, values[1:])), values
 
 
@@ -195,7 +212,7 @@ def test_cli_writes_report_json_and_csv(tmp_path):
         (tmp_path / f"{name}.png").rename(tmp_path / "images" / f"{name}.png")
     out = tmp_path / "out" / "report.json"
     code = main(["evaluate", "--generated", str(tmp_path / "gen"), "--reference", str(tmp_path / "ref"),
-                 "--image", str(tmp_path / "images"), "--metrics", "ssim,psnr,first_frame,temporal",
+                 "--image", str(tmp_path / "images"), "--metrics", "ssim,ssim_disco,psnr,first_frame,temporal",
                  "--out", str(out), "--no-progress"])
     assert code == 0
     report = json.loads(out.read_text())
@@ -204,6 +221,7 @@ def test_cli_writes_report_json_and_csv(tmp_path):
     assert rows["clip_a"]["psnr"] == PSNR_CAP and rows["clip_a"]["ssim"] == pytest.approx(1.0)
     assert rows["clip_b"]["psnr"] < 40 and rows["clip_b"]["first_frame_psnr"] < 40
     assert rows["clip_a"]["first_frame_ssim"] == pytest.approx(1.0)
+    assert rows["clip_a"]["ssim_disco"] == pytest.approx(1.0) and rows["clip_b"]["ssim_disco"] < 1.0
     # frame metrics are pooled over all frames (equal counts here: the mean of the two clips)
     assert report["mean"]["psnr"] == pytest.approx((rows["clip_a"]["psnr"] + rows["clip_b"]["psnr"]) / 2)
     assert report["settings"]["ssim"]["kernel_size"] == 11 and report["settings"]["psnr"]["cap_db"] == PSNR_CAP

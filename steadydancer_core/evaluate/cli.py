@@ -1,7 +1,7 @@
 """``evaluate``: generated videos against reference videos -> report.json + report.csv.
 
     python -m steadydancer_core evaluate --generated out/ --reference gt/ [--image refs/] [--keypoints poses/]
-        [--metrics ssim,psnr,lpips,fid,fvd,first_frame,pose,temporal] [--out report.json]
+        [--metrics ssim,ssim_disco,psnr,lpips,fid,fvd,first_frame,pose,temporal] [--out report.json]
 
 Every input is read and checked (pairs by name, frame counts, sizes, keypoints) and the networks fetched or
 found before any metric runs; the report and its CSV are written atomically, an existing one only with
@@ -25,7 +25,7 @@ from .run import METRICS, EvalConfig, evaluate
 if TYPE_CHECKING:
     from ..pose.detect.protocol import PoseDetector
 
-DEFAULT_METRICS = ("ssim", "psnr", "lpips", "fid", "fvd", "temporal")
+DEFAULT_METRICS = ("ssim", "ssim_disco", "psnr", "lpips", "fid", "fvd", "temporal")
 
 
 def _parse_metrics(text: str) -> tuple[str, ...]:

@@ -24,10 +24,11 @@ FVD_CLIP_FRAMES = 16
 class Fid:
     """Accumulates Inception features of generated and reference frames; ``compute()`` gives the FID."""
 
-    def __init__(self, weights: Path, device: str = "cpu") -> None:
+    def __init__(self, weights: Path, device: str = "cpu", feature: int = 2048) -> None:
         from torchmetrics.image.fid import FrechetInceptionDistance
 
-        self.metric = FrechetInceptionDistance(feature=2048, normalize=False, antialias=True,
+        # feature: the Inception layer (2048 = pool3, the standard FID; 64/192/768 exist for quick checks).
+        self.metric = FrechetInceptionDistance(feature=feature, normalize=False, antialias=True,
                                                feature_extractor_weights_path=str(weights)).to(device)
         self.device = device
         self.counts = {"generated": 0, "reference": 0}

@@ -9,6 +9,8 @@ Settings (recorded in the report):
 * SSIM: Wang et al. (2004) on the RGB channels, Gaussian window 11, σ 1.5, K1 0.01, K2 0.03 — torchmetrics'
   defaults and HumanVid's evaluation setting. (DisCo's script used scikit-image on the grey image with a 7×7
   uniform window; the two give different numbers.)
+* ``ssim_disco``: DisCo's SSIM (``tool/metrics/ssim_l1_lpips_psnr.py``) — scikit-image ``structural_similarity``
+  on the OpenCV grey image (7×7 uniform window, sample covariance), for comparison with tables made with it.
 * LPIPS: torchmetrics' LPIPS (the original linear heads shipped with torchmetrics) on the VGG backbone, as DisCo
   and HumanVid use, inputs scaled to [-1, 1] (``normalize=True``).
 """
@@ -55,9 +57,23 @@ def ssim_per_frame(generated: np.ndarray, reference: np.ndarray) -> np.ndarray:
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     def fn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return structural_similarity_index_measure(a, b, data_range=255.0, reduction="none", **SSIM_SETTINGS)
+        # float64: SSIM's variances are E[x²] − μ², which float32 cancels badly on 0..255 data (~1e-4 off on
+        # flat regions, where the exact value is known in closed form).
+        return structural_similarity_index_measure(a.double(), b.double(), data_range=255.0, reduction="none",
+                                                   **SSIM_SETTINGS)
 
     return _per_frame(generated, reference, fn)
+
+
+def ssim_disco_per_frame(generated: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """DisCo's SSIM of each frame pair: scikit-image on ``cv2.COLOR_RGB2GRAY`` images, its default window."""
+    import cv2
+    from skimage.metrics import structural_similarity
+
+    if generated.shape != reference.shape:
+        raise ValueError(f"frame metrics: shapes differ, generated {generated.shape} vs reference {reference.shape}")
+    return np.array([structural_similarity(cv2.cvtColor(a, cv2.COLOR_RGB2GRAY), cv2.cvtColor(b, cv2.COLOR_RGB2GRAY),
+                                           data_range=255) for a, b in zip(generated, reference)])
 
 
 class Lpips:

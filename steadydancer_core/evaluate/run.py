@@ -16,20 +16,22 @@ from ..errors import InputError
 from ..pose.detect.protocol import PoseDetector
 from .backbones import FID_INCEPTION, FVD_I3D, LPIPS_BACKBONES, Backbone, ensure_backbones, resolve_eval_models_dir
 from .distribution import FVD_CLIP_FRAMES, Fid, Fvd
-from .frame_metrics import PSNR_CAP, SSIM_SETTINGS, Lpips, psnr_per_frame, ssim_per_frame
+from .frame_metrics import PSNR_CAP, SSIM_SETTINGS, Lpips, psnr_per_frame, ssim_disco_per_frame, ssim_per_frame
 from .inputs import FramePolicy, Pair, comparable, load_driving_keypoints, load_image, read_clip
 from .pose_following import PCK_THRESHOLDS, detect_generated_poses, pose_following
 from .temporal import temporal_summary
 
-METRICS = ("ssim", "psnr", "lpips", "fid", "fvd", "first_frame", "pose", "temporal")
+METRICS = ("ssim", "ssim_disco", "psnr", "lpips", "fid", "fvd", "first_frame", "pose", "temporal")
 #: metric -> the importable modules it needs (torchvision comes with LPIPS/FID/FVD: requirements-eval.txt)
 LIBRARIES = {
-    "ssim": ("torchmetrics",), "psnr": ("torchmetrics",), "first_frame": ("torchmetrics",),
+    "ssim": ("torchmetrics",), "ssim_disco": ("skimage",), "psnr": ("torchmetrics",), "first_frame": ("torchmetrics",),
     "lpips": ("torchmetrics", "torchvision"), "fid": ("torchmetrics", "torch_fidelity", "torchvision"),
     "fvd": ("cdfvd", "torchvision"),
 }
 #: metrics averaged over all frames of all clips (the others over clips, FID/FVD over the whole set)
-FRAME_POOLED = ("ssim", "psnr", "lpips")
+FRAME_POOLED = ("ssim", "ssim_disco", "psnr", "lpips")
+#: per-clip counts that the mean row sums instead of averaging
+COUNTS = ("frames", "pose_joints", "pose_frames_skipped")
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,8 @@ def _library_versions(metrics: Sequence[str]) -> dict[str, str]:
     names = ["numpy", "torch", "torchmetrics"]
     if any(m in ("lpips", "fid", "fvd") for m in metrics):
         names.append("torchvision")
+    if "ssim_disco" in metrics:
+        names.append("scikit-image")
     if "fid" in metrics:
         names.append("torch-fidelity")
     if "fvd" in metrics:
@@ -128,6 +132,8 @@ def settings_of(config: EvalConfig, weights: dict[str, Path]) -> dict[str, Any]:
                    "resize": "cv2 INTER_AREA"},
         "psnr": {"data_range": 255, "cap_db": PSNR_CAP, "per": "frame, all pixels and channels"},
         "ssim": {"data_range": 255, "channels": "RGB", **SSIM_SETTINGS},
+        "ssim_disco": {"library": "scikit-image structural_similarity", "channels": "cv2 grey", "win_size": 7,
+                       "gaussian": False} if "ssim_disco" in config.metrics else None,
         "lpips": {"net": config.lpips_net, "normalize": True} if "lpips" in config.metrics else None,
         "fid": {"network": "torch-fidelity InceptionV3 (torchmetrics)", "feature": 2048, "antialias": True,
                 "over": "all frames of all clips"} if "fid" in config.metrics else None,
@@ -178,6 +184,8 @@ def evaluate(pairs: Sequence[Pair], config: EvalConfig,
         per_frame = {}
         if "ssim" in metrics:
             per_frame["ssim"] = ssim_per_frame(generated, reference)
+        if "ssim_disco" in metrics:
+            per_frame["ssim_disco"] = ssim_disco_per_frame(generated, reference)
         if "psnr" in metrics:
             per_frame["psnr"] = psnr_per_frame(generated, reference)
         if lpips is not None:
@@ -207,11 +215,12 @@ def evaluate(pairs: Sequence[Pair], config: EvalConfig,
         per_video.append(row)
 
     mean: dict[str, Any] = {name: float(np.mean(values)) for name, values in pooled.items() if values}
-    for key in per_video[0]:
-        if key not in mean and key not in ("name", "generated", "reference", "frames", "width", "height") \
-                and isinstance(per_video[0][key], (int, float)):
+    for key, value in per_video[0].items():
+        if key in COUNTS:
+            mean[key] = int(sum(row[key] for row in per_video))
+        elif key not in mean and key not in ("name", "generated", "reference", "width", "height") \
+                and isinstance(value, (int, float)):
             mean[key] = _mean([row.get(key) for row in per_video])
-    mean["frames"] = int(sum(row["frames"] for row in per_video))
     if fid is not None:
         mean["fid"] = fid.compute()
     if fvd is not None:
