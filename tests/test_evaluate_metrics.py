@@ -271,6 +271,10 @@ def test_mismatched_frame_size_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "mismatched frame sizes: generated is 56x40, reference is 112x80" in err and "--size generated" in err
     assert exit_code(main, _cli(tmp_path, "--metrics", "ssim", "--size", "generated")) == 0
+    assert json.loads((tmp_path / "report.json").read_text())["per_video"][0]["width"] == 56
+    assert exit_code(main, _cli(tmp_path, "--metrics", "ssim", "--size", "28x20", "--overwrite")) == 0
+    row = json.loads((tmp_path / "report.json").read_text())["per_video"][0]
+    assert (row["width"], row["height"]) == (28, 20)
 
 
 def test_unpaired_names_and_missing_inputs_are_clear_errors(tmp_path, capsys):

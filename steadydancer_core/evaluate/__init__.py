@@ -1,7 +1,7 @@
 """Evaluation of generated videos: the paper's Table 1 metrics and the two promises of the method.
 
-* Frame fidelity against the ground truth (``frame_metrics``): SSIM, PSNR (torchmetrics), LPIPS (torchmetrics,
-  VGG backbone).
+* Frame fidelity against the ground truth (``frame_metrics``): SSIM, PSNR (torchmetrics), DisCo's SSIM
+  (scikit-image), LPIPS (torchmetrics, VGG backbone).
 * Set metrics (``distribution``): FID (torchmetrics + torch-fidelity's Inception) and FVD (cd-fvd's I3D).
 * First-frame fidelity: PSNR/SSIM/LPIPS of generated frame 0 against the reference image.
 * Pose following (``pose_following``): detected poses of the generated frames against the driving aligned

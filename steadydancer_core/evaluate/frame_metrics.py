@@ -94,7 +94,7 @@ class Lpips:
     def per_frame(self, generated: np.ndarray, reference: np.ndarray) -> np.ndarray:
         def fn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             self.metric.reset()
-            # The functional path of the metric: per-sample distances, inputs in [0, 1] (normalize=True).
+            # reduction="none": one distance per frame; inputs in [0, 1] (normalize=True scales them to [-1, 1]).
             self.metric.update(a.to(self.device) / 255.0, b.to(self.device) / 255.0)
             return self.metric.compute().reshape(-1).cpu()
 

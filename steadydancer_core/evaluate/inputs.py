@@ -8,6 +8,7 @@ keypoints (``--keypoints``) follow the same rule: one file for one pair, or a fo
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -189,8 +190,6 @@ def comparable(generated: np.ndarray, reference: np.ndarray, policy: FramePolicy
 def load_driving_keypoints(path: Path, frames: int, name: str) -> list[PoseFrame]:
     """The driving (aligned) keypoints of a clip: the ``aligned`` frames of a ``poses`` keypoints.json, or any pose
     JSON this package reads (its own format, controlnet_aux ``POSE_KEYPOINT``); one frame per generated frame."""
-    import json
-
     try:
         document = json.loads(path.read_text())
         if isinstance(document, dict) and document.get("format") == "steadydancer-pose-conditions":
