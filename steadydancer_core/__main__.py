@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                 "reference image + pose frames + prompt -> animated mp4 (standalone inference)"),
     "convert": ("steadydancer_core.cli_convert",
                 "DiT checkpoint -> GGUF (F16/BF16/Q8_0, for ComfyUI-GGUF) or one merged safetensors file"),
+    "evaluate": ("steadydancer_core.evaluate.cli",
+                 "generated vs reference videos -> SSIM/PSNR/LPIPS/FID/FVD, first-frame, pose-following, temporal report"),
 }
 
 
