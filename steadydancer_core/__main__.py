@@ -1,4 +1,4 @@
-"""Command line: ``python -m steadydancer_core {poses,animate} ...``.
+"""Command line: ``python -m steadydancer_core {poses,animate,download} ...``.
 
 Each sub-command lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``;
 only the chosen one is imported, so ``poses`` never pays for loading diffusers/transformers.
@@ -10,12 +10,15 @@ import importlib
 import sys
 from typing import Sequence
 
+from .cli_help import DefaultsHelpFormatter
+
 #: command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "poses": ("steadydancer_core.pose.cli",
               "driving video + reference image -> aligned positive and negative pose frames"),
     "animate": ("steadydancer_core.cli_animate",
                 "reference image + pose frames + prompt -> animated mp4 (standalone inference)"),
+    "download": ("steadydancer_core.cli_download", "fetch the model files of a ComfyUI or standalone set-up"),
 }
 
 
@@ -24,7 +27,7 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
                                      description="SteadyDancer: first-frame-preserving human image animation.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
     for name, (module_name, help_text) in COMMANDS.items():
-        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        sub = subparsers.add_parser(name, help=help_text, description=help_text, formatter_class=DefaultsHelpFormatter)
         if name == command:
             module = importlib.import_module(module_name)
             module.add_arguments(sub)
