@@ -50,7 +50,7 @@ class ModelFile:
     comfy_folder: str | None  # <ComfyUI>/models/<comfy_folder>/<comfy_name>; None: not used by ComfyUI
     comfy_name: str | None
     standalone: str | None  # destination under the standalone models folder; None: not used there
-    size: int | None = None  # bytes, where published and checked; else read from the hub when online
+    size: int | None = None  # bytes, where known here (shown offline); online the hub's listing is used
     strip: str = ""  # repo-path prefix dropped in the standalone destination
 
     @property
@@ -231,7 +231,7 @@ def plan(keys: Sequence[str], layout: str, root: Path, hub: Hub | None) -> list[
                 raise DownloadError(f"{file.repo} lists no file matching {file.pattern}; the repository changed")
             transfers += [Transfer(file, p, target_of(file, layout, root, p), listings[file.repo][p]) for p in matches]
         else:
-            size = file.size if file.size is not None or hub is None else hub.file_size(file.repo, file.pattern)
+            size = file.size if hub is None else hub.file_size(file.repo, file.pattern)  # the hub's word first
             transfers.append(Transfer(file, file.pattern, destination(file, layout, root), size))
     return transfers
 
@@ -328,14 +328,15 @@ def require_hub(hub: Hub, wanted: Sequence[str]) -> None:
                             f"It would have fetched:\n{listing}")
 
 
-def missing_files_message(keys: Sequence[str], layout: str, root: Path | str | None, dit: str | None = None) -> str:
-    """Lines naming each missing file's repo and path and the one command that fetches it."""
+def missing_files_message(keys: Sequence[str], layout: str, root: Path | str | None, dit: str | None = None,
+                          *, command: bool = True) -> str:
+    """Lines naming each file's repo, path and destination, and (``command``) the one command that fetches
+    the set-up's files."""
     root_path = Path(root) if root is not None else Path("models")
-    lines = []
-    for key in keys:
-        file = BY_KEY[key]
-        lines.append(f"  - {file.what}: {file.repo} {file.pattern} -> {destination(file, layout, root_path)}")
-    lines.append(f"  fetch them with: {download_command(layout, None if root is None else str(root), dit)}")
+    lines = [f"  - {BY_KEY[key].what}: {BY_KEY[key].repo} {BY_KEY[key].pattern} -> "
+             f"{destination(BY_KEY[key], layout, root_path)}" for key in keys]
+    if command:
+        lines.append(f"  fetch them with: {download_command(layout, None if root is None else str(root), dit)}")
     return "\n".join(lines)
 
 
