@@ -12,7 +12,8 @@ import argparse
 class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS) or action.required:
+        no_value = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if "default" in text.lower() or no_value or action.required:  # `is`: a default of 0 is a value
             return text
         if not action.option_strings:
             return text
