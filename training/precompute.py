@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     config = resolve_arch(cfg.model.arch)
     entries, problems = read_manifest(cfg.data.manifest)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(cfg.compute.device, int(os.environ.get("LOCAL_RANK", "0")))
     if args.dry_run:
         require(cfg, "data.encoders_dir")
         problems_found = missing_wan_components(cfg.data.encoders_dir)  # what loading them would refuse
@@ -47,7 +48,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rank {rank}/{world}: {len(entries[rank::world])} clips to encode into {cfg.data.cache_dir} "
               f"({len(problems)} unusable manifest lines); dry run, nothing encoded")
         return 0
-    device = resolve_device(cfg.compute.device, int(os.environ.get("LOCAL_RANK", "0")))
     summary = precompute(cfg, config, entries, rank, world, device)
     path = write_summary(cfg.data.cache_dir, rank, summary, problems)
     skipped = summary.skipped + (problems if rank == 0 else [])
