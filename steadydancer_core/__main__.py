@@ -35,10 +35,24 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
     return parser
 
 
+#: What to install when a command's module cannot import PyTorch (the core is written in it).
+TORCH_MISSING = ("error: the '{command}' command needs PyTorch, which is not installed in this environment "
+                 "({python}). Install it: pip install torch (this project tests torch==2.13.0 on CPU; on a GPU "
+                 "machine the build for your CUDA). The mediapipe environment gets it with "
+                 "pip install -r requirements-mediapipe.txt.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in COMMANDS else None
-    args = build_parser(command).parse_args(argv)
+    try:
+        parser = build_parser(command)
+    except ModuleNotFoundError as error:
+        if error.name != "torch":
+            raise
+        print(TORCH_MISSING.format(command=command, python=sys.executable), file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     return args.run(args)
 
 

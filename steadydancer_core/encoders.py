@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import ftfy
 import torch
 import torch.nn.functional as F
 
@@ -78,6 +77,8 @@ def missing_weights_message(wan_problems: Sequence[str], dit_problem: str | None
 
 def clean_prompt(text: str) -> str:
     """ftfy mojibake repair, double HTML unescape, whitespace collapse — as the official T5 path."""
+    import ftfy  # imported here: checking inputs (animate --dry-run) needs no text tooling
+
     text = ftfy.fix_text(text)
     text = html.unescape(html.unescape(text)).strip()
     return re.sub(r"\s+", " ", text).strip()

@@ -71,3 +71,17 @@ def test_poses_and_animate_state_the_same_pixel_budget() -> None:
         assert "589824 = 1024x576" in " ".join(build_parser(command).format_help().split()) or \
             "589824 = 1024x576" in " ".join(
                 build_parser(command)._subparsers._group_actions[0].choices[command].format_help().split())
+
+
+def test_without_torch_the_cli_says_what_to_install() -> None:
+    import subprocess
+
+    # A fresh interpreter where importing torch fails as it does where torch is not installed.
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from steadydancer_core.__main__ import main\n"
+            "sys.exit(main(['poses', '--ref', 'r.png', '--out', 'o']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 2, done.stderr
+    assert "the 'poses' command needs PyTorch" in done.stderr and "pip install torch" in done.stderr
+    assert "Traceback" not in done.stderr

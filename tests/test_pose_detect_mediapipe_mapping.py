@@ -92,3 +92,22 @@ def test_two_hands_on_one_side_split_by_confidence() -> None:
 def test_missing_mediapipe_is_one_clear_error() -> None:
     with pytest.raises(BackendUnavailable, match="mediapipe==0.10.21"):
         create_detector("mediapipe")
+
+
+def test_hand_crop_square_around_blazepose_hand() -> None:
+    from steadydancer_core.pose.detect.mediapipe_backend import HAND_CROP_FOREARMS, hand_crop
+
+    landmarks = np.zeros((33, 3))
+    landmarks[:, 2] = 0.9
+    width, height = 200, 400
+    # right arm (slot 1): elbow (100, 200) px, wrist (100, 240) px, finger tips around (100, 250) px
+    landmarks[14, :2] = (100 / width, 200 / height)
+    landmarks[16, :2] = (100 / width, 240 / height)
+    landmarks[[18, 20, 22], :2] = [(96 / width, 250 / height), (100 / width, 250 / height), (104 / width, 250 / height)]
+    x0, y0, side = hand_crop(landmarks, 1, width, height)
+    assert side == pytest.approx(HAND_CROP_FOREARMS * 40)  # 1.5 forearms beat 4 x the 10 px reach and 24 px
+    assert (x0 + side / 2, y0 + side / 2) == pytest.approx((100, 245))  # centred between wrist and tips
+    landmarks[16, 2] = 0.1
+    assert hand_crop(landmarks, 1, width, height) is None  # BlazePose does not see that wrist
+    landmarks[16, 2], landmarks[16, 0] = 0.9, 1.2
+    assert hand_crop(landmarks, 1, width, height) is None  # wrist outside the image
