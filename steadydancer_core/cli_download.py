@@ -67,7 +67,7 @@ def _run(args: argparse.Namespace, hub: downloads.Hub) -> int:
             print(f"(the hub is not reachable: {reason}; folders are listed, not their files)")
             print("\n".join(lines))
             return 0
-        downloads.require_hub(hub, lines)  # raises DownloadError with the list
+        raise downloads.unreachable_error(reason, lines)
     print("\n".join(lines))
     todo = [t for t in transfers if not t.present]
     known = [t.size for t in todo if t.size is not None]

@@ -319,13 +319,11 @@ def fetch_all(transfers: Sequence[Transfer], root: Path, hub: Hub) -> list[Path]
     return written
 
 
-def require_hub(hub: Hub, wanted: Sequence[str]) -> None:
-    """Stop at once, with what would have been fetched, when the hub cannot be reached."""
-    reason = hub.unreachable_reason()
-    if reason:
-        listing = "\n".join(f"  {line}" for line in wanted)
-        raise DownloadError(f"the Hugging Face hub cannot be reached: {reason}. Nothing was downloaded. "
-                            f"It would have fetched:\n{listing}")
+def unreachable_error(reason: str, wanted: Sequence[str]) -> DownloadError:
+    """The one error for an unreachable hub, listing what would have been fetched."""
+    listing = "\n".join(f"  {line}" for line in wanted)
+    return DownloadError(f"the Hugging Face hub cannot be reached: {reason}. Nothing was downloaded. "
+                         f"It would have fetched:\n{listing}")
 
 
 def missing_files_message(keys: Sequence[str], layout: str, root: Path | str | None, dit: str | None = None,

@@ -111,3 +111,21 @@ def test_hand_crop_square_around_blazepose_hand() -> None:
     assert hand_crop(landmarks, 1, width, height) is None  # BlazePose does not see that wrist
     landmarks[16, 2], landmarks[16, 0] = 0.9, 1.2
     assert hand_crop(landmarks, 1, width, height) is None  # wrist outside the image
+
+
+def test_native_log_filter_drops_mediapipe_lines_and_passes_the_rest() -> None:
+    from steadydancer_core.pose.detect.native_log import filter_chunk
+
+    absl = (b"W0000 00:00:1796171299.424576   24074 inference_feedback_manager.cc:114] Feedback manager "
+            b"requires a model with a single signature inference.\n")
+    tflite = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n"
+    banner = b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+    ours = b"error: --ref: file not found: r.png\n"
+    assert filter_chunk(b"", absl + ours + tflite + banner) == (ours, b"")
+    # A line split across reads is held while it could still be a native line, then dropped whole ...
+    out, pending = filter_chunk(b"", absl[:30])
+    assert out == b"" and pending == absl[:30]
+    assert filter_chunk(pending, absl[30:]) == (b"", b"")
+    # ... while a progress bar's partial line is forwarded at once.
+    assert filter_chunk(b"", b"\rdriving poses:  40%|####") == (b"\rdriving poses:  40%|####", b"")
+    assert filter_chunk(b"", b"Warning: something of ours\n") == (b"Warning: something of ours\n", b"")

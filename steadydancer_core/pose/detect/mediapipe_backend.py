@@ -11,15 +11,13 @@ kept only when the found hand's wrist lies at that BlazePose wrist.
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from ...errors import UserError
 from ..keypoints import BODY_JOINTS, HAND_JOINTS, LEFT_HAND, RIGHT_HAND, PersonPose, PoseFrame
+from . import native_log
 from .protocol import check_image
 
 MEDIAPIPE_VERSION = "0.10.21"
@@ -34,23 +32,6 @@ HAND_CROP_PIXELS = 256  # the crop is resized to this square before the hand mod
 HAND_CROP_FOREARMS = 1.5  # crop side in forearm lengths (a hand is about 0.7 forearm long)
 HAND_CROP_MIN_PIXELS = 24  # smaller crops hold no detectable hand
 HAND_WRIST_TOLERANCE = 0.25  # a crop's hand is kept when its wrist is within this many crop sides of BlazePose's
-
-
-@contextlib.contextmanager
-def native_stderr_silenced() -> Iterator[None]:
-    """Send file descriptor 2 to /dev/null while mediapipe's C++ runs: TFLite, glog and absl print their
-    INFO/WARNING lines there directly (before absl::InitializeLog, so no log level reaches them). Python's
-    own exceptions are unaffected; Python's ``sys.stderr`` is flushed first so nothing of ours is lost."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def hand_crop(landmarks: np.ndarray, slot: int, width: int, height: int) -> tuple[float, float, float] | None:
@@ -156,27 +137,25 @@ class MediaPipeDetector:
 
     def __init__(self, *, threshold: float = 0.5, hands: bool = True, hand_crops: bool = True,
                  video_mode: bool = False, min_detection_confidence: float = 0.5) -> None:
+        native_log.install()  # before mediapipe's C++ starts logging
         mediapipe = import_mediapipe()
         self.threshold = threshold
-        with native_stderr_silenced():
-            self._pose = mediapipe.solutions.pose.Pose(
-                static_image_mode=not video_mode, model_complexity=1,
+        self._pose = mediapipe.solutions.pose.Pose(
+            static_image_mode=not video_mode, model_complexity=1, min_detection_confidence=min_detection_confidence)
+        self._hands = self._crop_hands = None
+        if hands:
+            self._hands = mediapipe.solutions.hands.Hands(
+                static_image_mode=not video_mode, max_num_hands=2, model_complexity=1,
                 min_detection_confidence=min_detection_confidence)
-            self._hands = self._crop_hands = None
-            if hands:
-                self._hands = mediapipe.solutions.hands.Hands(
-                    static_image_mode=not video_mode, max_num_hands=2, model_complexity=1,
-                    min_detection_confidence=min_detection_confidence)
-            if hands and hand_crops:  # crops are unrelated images: never tracked between calls
-                self._crop_hands = mediapipe.solutions.hands.Hands(
-                    static_image_mode=True, max_num_hands=2, model_complexity=1,
-                    min_detection_confidence=min_detection_confidence)
+        if hands and hand_crops:  # crops are unrelated images: never tracked between calls
+            self._crop_hands = mediapipe.solutions.hands.Hands(
+                static_image_mode=True, max_num_hands=2, model_complexity=1,
+                min_detection_confidence=min_detection_confidence)
 
     def detect(self, image: np.ndarray) -> PoseFrame:
         image = np.ascontiguousarray(check_image(image))
         height, width = image.shape[:2]
-        with native_stderr_silenced():
-            result = self._pose.process(image)
+        result = self._pose.process(image)
         if result.pose_landmarks is None:
             return PoseFrame([], width, height)
         landmarks = np.array([[p.x, p.y, p.visibility] for p in result.pose_landmarks.landmark], np.float64)
@@ -196,8 +175,7 @@ class MediaPipeDetector:
     def _detect_hands(model: Any, image: np.ndarray) -> tuple[list[np.ndarray], list[str], list[float]]:
         if model is None:
             return [], [], []
-        with native_stderr_silenced():
-            result = model.process(image)
+        result = model.process(image)
         if not result.multi_hand_landmarks:
             return [], [], []
         hands = [np.array([[p.x, p.y] for p in hand.landmark], np.float64) for hand in result.multi_hand_landmarks]
