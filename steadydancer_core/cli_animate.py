@@ -24,7 +24,7 @@ import torch
 
 from .atomic_output import atomic_path, check_output_path
 from .encoders import missing_wan_components, missing_weights_message
-from .errors import InputError, report_user_errors
+from .errors import InputError, Problems, report_user_errors
 from .frame_sources import Frames, ImageFolderFrames, RenderedPoseFrames
 from .memory import DIT_DTYPES, DiTPlacement, add_memory_arguments, memory_lines, placement_from_args
 from .pipeline import (
@@ -48,6 +48,8 @@ log = logging.getLogger("steadydancer_core.animate")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 OUTPUT_FPS = 16
+#: Canvas (pixels) keypoints are checked on when the reference image itself could not be read.
+SIZE_CHECK_CANVAS = 64
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -55,22 +57,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     io.add_argument("--image", required=True, help="reference image (its first frame is kept exactly)")
     io.add_argument("--poses", required=True,
                     help="driving poses: a folder of pose images (natural name order), a pose video (read at "
-                         "16 fps) or a keypoint .json (aligned to the reference; rendered here)")
+                         "16 fps) or a keypoint .json: the 'poses' command's keypoints.json (its aligned "
+                         "keypoints, and its negative ones unless --negative-poses/--negative-seed) or plain "
+                         "keypoints already aligned to the reference; keypoints are rendered here")
     io.add_argument("--negative-poses",
-                    help="negative (augmented) pose images for DC-CFG, folder or video. Default: generated from "
-                         "the keypoints when --poses is a .json, otherwise the pose guidance term is off")
+                    help="negative (augmented) pose images for DC-CFG, folder or video, at least as many frames "
+                         "as --poses (or --frames). Default: from the keypoints when --poses is a .json, otherwise "
+                         "the pose guidance term is off")
     io.add_argument("--negative-seed", type=int, default=None,
                     help="seed of the generated negative-pose augmentation (default: --seed)")
     io.add_argument("--prompt", required=True, help="text prompt")
     io.add_argument("--negative-prompt", default=DEFAULT_NEGATIVE_PROMPT,
                     help="negative prompt (default: the official Wan I2V one)")
     io.add_argument("--out", required=True, help="output .mp4; frame 0 is also written as <out>_frame0.png")
-    io.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    io.add_argument("--overwrite", action="store_true",
+                    help="replace existing output files (only after a successful run)")
 
     models = parser.add_argument_group("models")
     models.add_argument("--wan-dir", help="Diffusers-format Wan2.1-I2V folder (vae/, text_encoder/, tokenizer/, "
-                                          "image_encoder/, image_processor/)")
-    models.add_argument("--dit", help="SteadyDancer DiT checkpoint: .safetensors file or diffusers folder")
+                                          "image_encoder/, image_processor/); 'download --dir models' puts it in "
+                                          "models/Wan2.1-I2V-14B-480P-Diffusers (no default; without it the "
+                                          "run stops naming what to download)")
+    models.add_argument("--dit", help="SteadyDancer DiT checkpoint: .safetensors file or diffusers folder "
+                                      "('download --dir models' puts the official one in models/SteadyDancer-14B; "
+                                      "no default)")
     models.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
     models.add_argument("--dtype", choices=sorted(DIT_DTYPES), default=None,
                         help="DiT dtype (default: bf16 on GPU, fp32 on CPU); fp8 stores the block linears in "
@@ -85,18 +95,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     size = sampling.add_mutually_exclusive_group()
     size.add_argument("--size", help="exact output size WxH, multiples of 16 (e.g. 832x480)")
     size.add_argument("--max-area", type=int, default=None,
-                      help=f"output pixel budget, aspect from the reference (official rule; default {DEFAULT_MAX_AREA})")
-    sampling.add_argument("--steps", type=int, default=40)
-    sampling.add_argument("--seed", type=int, default=0)
-    sampling.add_argument("--shift", type=float, default=None, help="flow shift (default: 3 at 480p, else 5)")
-    sampling.add_argument("--solver", choices=SOLVER_NAMES, default="unipc")
+                      help=f"output pixel budget, aspect from the reference (official rule; default "
+                           f"{DEFAULT_MAX_AREA} = 1024x576, the authors' README run, as 'poses' uses)")
+    sampling.add_argument("--steps", type=int, default=40, help="sampling steps")
+    sampling.add_argument("--seed", type=int, default=0, help="noise seed (later segments derive theirs from it)")
+    sampling.add_argument("--shift", type=float, default=None,
+                          help="flow shift (default: 3 when the output is 480p-sized or smaller, else 5, as the "
+                               "official code)")
+    sampling.add_argument("--solver", choices=SOLVER_NAMES, default="unipc",
+                          help="unipc = the official flow UniPC (bh2), euler = flow Euler")
     sampling.add_argument("--w-text", type=float, default=5.0, help="text guidance scale")
     sampling.add_argument("--w-pose", type=float, default=1.0,
                           help="pose guidance scale (official convention: 0 disables the pose term)")
     sampling.add_argument("--pose-window", type=float, nargs=2, metavar=("START", "END"), default=(0.1, 0.4),
                           help="fraction of the steps where the pose term applies (strict bounds)")
-    sampling.add_argument("--pose-strength-spatial", type=float, default=1.0)
-    sampling.add_argument("--pose-strength-temporal", type=float, default=1.0)
+    sampling.add_argument("--pose-strength-spatial", type=float, default=1.0,
+                          help="scale of the pose branch's spatial features (1 = official)")
+    sampling.add_argument("--pose-strength-temporal", type=float, default=1.0,
+                          help="scale of the pose branch's temporal features (1 = official)")
     sampling.add_argument("--sequential-conditions", action="store_true",
                           help="evaluate the conditionings one by one instead of in one batch (less memory)")
     sampling.add_argument("--decoded-first-frame", action="store_true",
@@ -113,7 +129,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     long.add_argument("--color-match", choices=COLOR_MATCH_MODES, default=DEFAULT_COLOR_MATCH,
                       help="histogram-match each later segment to the reference or the previous segment")
 
-    parser.add_argument("--dry-run", action="store_true", help="check every input and print the plan; load nothing")
+    parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                        help="check every input and print the plan; load nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -140,23 +157,35 @@ def load_frames(source: str, what: str, max_frames: int | None = None) -> Frames
     return frames[:max_frames]
 
 
-def load_pose_keypoints(source: str, reference_hw: tuple[int, int], seed: int,
-                        max_frames: int | None, with_negative: bool) -> tuple[Frames, Frames | None]:
-    """Keypoint poses rendered on the reference canvas when a segment needs them and, if asked, their seeded
-    negative (official augmentation, drawn for all frames at once so a segment's draws do not depend on
-    where it starts)."""
-    from .pose.keypoints import load_pose_json
+def load_pose_keypoints(source: str, reference_hw: tuple[int, int], seed: int, max_frames: int | None,
+                        with_negative: bool, use_stored_negative: bool = True) -> tuple[Frames, Frames | None]:
+    """Keypoint poses rendered on the reference canvas when a segment needs them and, if asked, their
+    negative. From a ``poses`` keypoints.json: its aligned keypoints and (``use_stored_negative``) its own
+    negative keypoints, the ones its negative/ pictures show; otherwise the official augmentation seeded
+    by ``seed``, drawn for all frames at once so a segment's draws do not depend on where it starts."""
+    from .pose.keypoints import read_pose_file
     from .pose.negative import negative_poses
 
     try:
-        frames = load_pose_json(source)[:max_frames]
+        frames, part = read_pose_file(source, "aligned")
+        stored_negative = (read_pose_file(source, "negative")[0]
+                           if part and use_stored_negative and with_negative else None)
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise InputError(f"--poses {source}: not a readable pose keypoint JSON ({err})") from err
+    frames = frames[:max_frames]
     if not frames:
         raise InputError(f"--poses {source} holds no frames")
+    if part:
+        log.info("--poses %s: the 'poses' command's file; using its aligned keypoints%s", source,
+                 "" if not with_negative else " and its negative keypoints" if stored_negative is not None
+                 else f" and negatives drawn with seed {seed}")
     height, width = reference_hw
     positive = RenderedPoseFrames(frames, width, height)
-    negative = RenderedPoseFrames(negative_poses(frames, seed)[0], width, height) if with_negative else None
+    negative = None
+    if with_negative:
+        negative_frames = (stored_negative[:max_frames] if stored_negative is not None
+                           else negative_poses(frames, seed)[0])
+        negative = RenderedPoseFrames(negative_frames, width, height)
     return positive, negative
 
 
@@ -218,59 +247,94 @@ class Job:
     placement: DiTPlacement
 
 
-def prepare(args: argparse.Namespace) -> Job:
-    """All checks that need no weights; raises :class:`InputError` with what was expected."""
-    video_path, frame0_path = output_paths(args.out)
-    for path in (video_path, frame0_path):
-        check_output_path(path, "--out", folder=False, existing_ok=args.overwrite,
-                          remedy="pass --overwrite to replace it (only after a successful run)")
-    device = parse_device(args.device)
+def check_negative_count(poses: int, negatives: int, requested: int | str | None) -> None:
+    """Fewer negative poses than poses is an error naming both counts, unless ``--frames`` asks for at most
+    as many frames as there are negatives."""
+    if negatives >= poses or (isinstance(requested, int) and requested <= negatives):
+        return
+    raise InputError(f"--negative-poses has {negatives} frames but --poses has {poses}; give one negative pose "
+                     f"per pose frame, or pass --frames N with N <= {negatives} to use the shorter length")
+
+
+def prepare(args: argparse.Namespace, problems: Problems | None = None) -> Job | None:
+    """All checks that need no weights. Every problem found goes into ``problems`` (each check that does not
+    depend on a failed one still runs); None is returned when there were any. Without ``problems`` the
+    collected problems are raised as one :class:`InputError`."""
+    own = problems is None
+    problems = Problems() if own else problems
+    before = len(problems.messages)
+    paths = device = reference = requested = None
+    with problems.check():
+        paths = output_paths(args.out)
+        for path in paths:
+            check_output_path(path, "--out", folder=False, existing_ok=args.overwrite,
+                              remedy="pass --overwrite to replace it (only after a successful run)")
+    with problems.check():
+        device = parse_device(args.device)
     if args.steps < 1:
-        raise InputError(f"--steps must be >= 1; got {args.steps}")
+        problems.add(f"--steps must be >= 1; got {args.steps}")
     start, end = args.pose_window
     if not 0.0 <= start <= end <= 1.0:
-        raise InputError(f"--pose-window must satisfy 0 <= START <= END <= 1; got {start} {end}")
+        problems.add(f"--pose-window must satisfy 0 <= START <= END <= 1; got {start} {end}")
     if args.max_area is not None and args.max_area < 256:
-        raise InputError(f"--max-area must be at least 256 pixels; got {args.max_area}")
-
-    try:
-        reference = read_image(args.image)
-    except VideoReadError as err:
-        raise InputError(f"--image: {err}") from err
-    requested = parse_frames(args.frames)
+        problems.add(f"--max-area must be at least 256 pixels; got {args.max_area}")
+    size = None
+    with problems.check():
+        size = parse_size(args.size) if args.size else None
+    with problems.check():
+        try:
+            reference = read_image(args.image)
+        except VideoReadError as err:
+            raise InputError(f"--image: {err}") from err
+    with problems.check():
+        requested = parse_frames(args.frames)
     # Never decode more frames than the run can use (a long driving video would otherwise be read whole).
     limit = None if requested == "all" else requested or DEFAULT_FRAMES
-    try:
+    poses = negative = None
+    with problems.check():
         negative = load_frames(args.negative_poses, "--negative-poses", limit) if args.negative_poses else None
+    with problems.check():
         if Path(args.poses).suffix.lower() == ".json":
+            # Keypoints are drawn on the reference's canvas; without a readable reference the file is still checked.
             seed = args.seed if args.negative_seed is None else args.negative_seed
-            poses, generated = load_pose_keypoints(args.poses, reference.shape[:2], seed, limit, negative is None)
-            negative = generated if negative is None else negative
+            canvas = reference.shape[:2] if reference is not None else (SIZE_CHECK_CANVAS, SIZE_CHECK_CANVAS)
+            keypoint_poses, generated = load_pose_keypoints(args.poses, canvas, seed, limit, not args.negative_poses,
+                                                            use_stored_negative=args.negative_seed is None)
+            if reference is not None:
+                poses = keypoint_poses
+                negative = generated if not args.negative_poses else negative
         else:
             poses = load_frames(args.poses, "--poses", limit)
-    except VideoReadError as err:
-        raise InputError(str(err)) from err
-    available = len(poses) if negative is None else min(len(poses), len(negative))
-    if negative is not None and len(negative) < len(poses) and requested in (None, "all"):
-        log.info("using %d frames: the negative poses are shorter than the poses", len(negative))
-    frames = choose_frames(requested, available)
+    frames = None
+    if poses is not None and (negative is not None or not args.negative_poses):
+        with problems.check():
+            if negative is not None:
+                check_negative_count(len(poses), len(negative), requested)
+            frames = choose_frames(requested, len(poses) if negative is None else min(len(poses), len(negative)))
 
-    try:
-        options = LongVideoOptions(segment_frames=args.segment_frames, carry_frames=args.carry_frames,
-                                   anchor=args.anchor, color_match=args.color_match)
-        settings = SamplingSettings(
-            frames=shortest_valid_length(min(frames, args.segment_frames)), max_area=args.max_area or DEFAULT_MAX_AREA,
-            size=parse_size(args.size) if args.size else None, steps=args.steps, shift=args.shift,
-            solver=args.solver, w_text=args.w_text, w_pose=args.w_pose, pose_window=(start, end), seed=args.seed,
-            pose_strength_spatial=args.pose_strength_spatial, pose_strength_temporal=args.pose_strength_temporal,
-            batch_conditions=not args.sequential_conditions)
-        plan = make_long_plan(reference.shape[:2], settings, frames, options, pose_guidance=negative is not None)
-    except ValueError as err:
-        raise InputError(str(err)) from err
-
-    dtype, placement = placement_from_args(args, device)
-    return Job(reference, poses, negative, settings, options, plan, video_path, frame0_path, device, dtype,
-               placement)
+    plan = settings = options = None
+    if reference is not None and frames is not None:
+        try:
+            options = LongVideoOptions(segment_frames=args.segment_frames, carry_frames=args.carry_frames,
+                                       anchor=args.anchor, color_match=args.color_match)
+            settings = SamplingSettings(
+                frames=shortest_valid_length(min(frames, args.segment_frames)),
+                max_area=args.max_area or DEFAULT_MAX_AREA, size=size, steps=args.steps, shift=args.shift,
+                solver=args.solver, w_text=args.w_text, w_pose=args.w_pose, pose_window=(start, end),
+                seed=args.seed, pose_strength_spatial=args.pose_strength_spatial,
+                pose_strength_temporal=args.pose_strength_temporal, batch_conditions=not args.sequential_conditions)
+            plan = make_long_plan(reference.shape[:2], settings, frames, options, pose_guidance=negative is not None)
+        except ValueError as err:
+            problems.add(str(err))
+    dtype = placement = None
+    if device is not None:
+        with problems.check():
+            dtype, placement = placement_from_args(args, device)
+    if own:
+        problems.raise_if_any()
+    if len(problems.messages) > before or plan is None:
+        return None
+    return Job(reference, poses, negative, settings, options, plan, paths[0], paths[1], device, dtype, placement)
 
 
 def parse_device(text: str | None) -> torch.device:
@@ -342,12 +406,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    job = prepare(args)
+    problems = Problems()
+    job = prepare(args, problems)
     missing = missing_weights(args)
-    if missing:
-        check_dit_header(args)  # a wrong --dit is said even while other weights are missing
-    else:
-        check_compatible(args)
+    with problems.check():
+        if missing:
+            check_dit_header(args)  # a wrong --dit is said even while other weights are missing
+        else:
+            check_compatible(args)
+    if problems:  # every input problem, and the missing weights with them, in one message
+        if missing:
+            problems.add(missing)
+        problems.raise_if_any()
 
     if args.dry_run:
         print("plan (dry run, no weights loaded):")

@@ -25,6 +25,9 @@ VAE_TEMPORAL_STRIDE = 4
 VAE_SPATIAL_STRIDE = 8
 # Pixel sizes must be multiples of VAE stride (8) x patch size (2).
 SIZE_MULTIPLE = VAE_SPATIAL_STRIDE * 2
+#: Default output pixel budget of ``poses`` and ``animate`` alike: the area of the authors' README run
+#: (``generate_dancer.py --size 1024*576``), with the reference's aspect.
+DEFAULT_MAX_AREA = 1024 * 576
 
 
 # ---- frame counts --------------------------------------------------------------------------------

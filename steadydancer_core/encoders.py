@@ -14,23 +14,10 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-import ftfy
 import torch
 
 from .errors import UserError
 from .official_inputs import CLIP_MEAN, CLIP_STD, ClipPreprocess
-
-#: Diffusers-format Wan2.1-I2V repositories holding the auxiliary components (either works; the
-#: VAE, T5 and CLIP weights are identical in both).
-WAN_I2V_DIFFUSERS_REPOS = (
-    "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
-    "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers",
-)
-#: Where the SteadyDancer DiT weights are published.
-STEADYDANCER_DIT_REPOS = (
-    "MCG-NJU/SteadyDancer-14B",
-    "Kijai/WanVideo_comfy (SteadyDancer/Wan21_I2V_SteadyDancer_fp16.safetensors)",
-)
 
 #: Subfolder -> what must be in it: a config file and (for networks) at least one weight file.
 WAN_COMPONENTS: dict[str, tuple[str, bool]] = {
@@ -65,25 +52,24 @@ def missing_wan_components(wan_dir: str | Path | None) -> list[str]:
 
 
 def missing_weights_message(wan_problems: Sequence[str], dit_problem: str | None) -> str:
-    """One message listing everything that is missing, which repo to download and where to put it."""
+    """One message listing everything that is missing, where each file comes from (``downloads.FILES``)
+    and the one command that fetches them all into the standalone layout."""
+    from . import downloads
+
     lines = ["Model weights are missing; nothing was run."]
     if wan_problems:
-        lines.append("Wan2.1-I2V auxiliary components (VAE, umT5 text encoder + tokenizer, CLIP vision):")
+        lines.append("Wan2.1-I2V components (VAE, umT5 text encoder + tokenizer, CLIP vision; Diffusers format, "
+                     "not transformer/):")
         lines += [f"  - {p}" for p in wan_problems]
-        lines.append(
-            f"  download one of {' or '.join(WAN_I2V_DIFFUSERS_REPOS)} (only the subfolders "
-            f"{', '.join(WAN_COMPONENTS)} are needed, not transformer/), e.g.\n"
-            f"    huggingface-cli download {WAN_I2V_DIFFUSERS_REPOS[0]} --include "
-            + " ".join(f"'{s}/*'" for s in WAN_COMPONENTS)
-            + " --local-dir models/Wan2.1-I2V-14B-480P-Diffusers\n"
-            "  and pass that folder as --wan-dir."
-        )
+        lines.append(downloads.missing_files_message(downloads.STANDALONE_WAN_KEYS, "standalone", None, command=False))
+        lines.append(f"  pass models/{downloads.WAN_DIFFUSERS_FOLDER} as --wan-dir")
     if dit_problem:
-        lines.append(f"SteadyDancer DiT: {dit_problem}")
-        lines.append(
-            f"  download {STEADYDANCER_DIT_REPOS[0]} (folder with diffusion_pytorch_model*.safetensors) "
-            f"or {STEADYDANCER_DIT_REPOS[1]}, and pass it as --dit."
-        )
+        lines.append(f"SteadyDancer DiT: {dit_problem}; one of")
+        lines.append(downloads.missing_files_message(downloads.DIT_KEYS["official"][1:] + downloads.DIT_KEYS["fp8"]
+                                                     + downloads.DIT_KEYS["fp16"], "standalone", None, command=False))
+        lines.append(f"  pass models/{downloads.OFFICIAL_DIT_FOLDER} (or the single file) as --dit")
+    lines.append(f"fetch them (files already there are skipped): {downloads.download_command('standalone')}"
+                 " (run where models/ should be; --dit fp8|fp16 for a single-file DiT)")
     return "\n".join(lines)
 
 
@@ -91,6 +77,8 @@ def missing_weights_message(wan_problems: Sequence[str], dit_problem: str | None
 
 def clean_prompt(text: str) -> str:
     """ftfy mojibake repair, double HTML unescape, whitespace collapse — as the official T5 path."""
+    import ftfy  # imported here: checking inputs (animate --dry-run) needs no text tooling
+
     text = ftfy.fix_text(text)
     text = html.unescape(html.unescape(text)).strip()
     return re.sub(r"\s+", " ", text).strip()

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .conditioning import DEFAULT_MAX_AREA
 from .conditioning import (
     ConditioningLatents,
     PassInputs,
@@ -60,7 +61,6 @@ DEFAULT_NEGATIVE_PROMPT = (
     "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
 )
 DEFAULT_FRAMES = 81
-DEFAULT_MAX_AREA = 480 * 832
 SOLVER_NAMES = ("unipc", "euler")
 
 

@@ -221,12 +221,30 @@ PRECOMPUTE_BAD_INPUTS = [
 ]
 
 
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]], ids=["run", "dry-run"])
 @pytest.mark.parametrize("overrides, message", [row[1:] for row in PRECOMPUTE_BAD_INPUTS],
                          ids=[row[0] for row in PRECOMPUTE_BAD_INPUTS])
-def test_precompute_bad_input_is_one_line(overrides: list[str], message: str, precompute_config: Path,
-                                          monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_precompute_bad_input_is_one_line(overrides: list[str], message: str, dry_run: list[str],
+                                          precompute_config: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture) -> None:
     monkeypatch.chdir(precompute_config.parent)  # relative paths in the rows are inside the test's folder
-    argv = ["--config", str(precompute_config)] + [item for override in overrides for item in ("--set", override)]
+    argv = ["--config", str(precompute_config), *dry_run] + [item for override in overrides
+                                                             for item in ("--set", override)]
     before = tree_digest(precompute_config.parent)
     _fails(capsys, precompute_script, argv, message)
     assert tree_digest(precompute_config.parent) == before  # not even the cache folder was created
+
+
+def test_dry_runs_check_and_write_nothing(videos: Path, models_dir: Path, precompute_config: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture) -> None:
+    from tiny_models import build_tiny_wan_dir
+
+    out = tmp_path / "data" / "metadata.jsonl"
+    assert run_script(build_manifest_script, _argv(videos, models_dir, out, "--dry_run")) == 0
+    assert "2 videos in" in capsys.readouterr().out and not (tmp_path / "data").exists()
+    wan = build_tiny_wan_dir(tmp_path / "wan")
+    before = tree_digest(precompute_config.parent)
+    assert run_script(precompute_script, ["--config", str(precompute_config), "--dry-run",
+                                          "--set", f"data.encoders_dir={wan}"]) == 0
+    assert "1 clips to encode" in capsys.readouterr().out
+    assert tree_digest(precompute_config.parent) == before

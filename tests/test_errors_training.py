@@ -76,7 +76,7 @@ def _run_ids(out: Path) -> dict[str, str]:
     return {p.name: read_meta(p)["run_id"] for p in sorted((out / "ckpt").glob("step_*"))}
 
 
-@pytest.mark.parametrize("extra", [[], ["--dry_run"]], ids=["run", "dry run"])
+@pytest.mark.parametrize("extra", [[], ["--dry_run"], ["--dry-run"]], ids=["run", "dry_run", "dry-run"])
 def test_an_earlier_run_is_refused_without_resume_or_overwrite(extra: list[str], earlier_run: tuple[Path, Path],
                                                                capsys: pytest.CaptureFixture) -> None:
     out, config = earlier_run

@@ -92,3 +92,40 @@ def test_two_hands_on_one_side_split_by_confidence() -> None:
 def test_missing_mediapipe_is_one_clear_error() -> None:
     with pytest.raises(BackendUnavailable, match="mediapipe==0.10.21"):
         create_detector("mediapipe")
+
+
+def test_hand_crop_square_around_blazepose_hand() -> None:
+    from steadydancer_core.pose.detect.mediapipe_backend import HAND_CROP_FOREARMS, hand_crop
+
+    landmarks = np.zeros((33, 3))
+    landmarks[:, 2] = 0.9
+    width, height = 200, 400
+    # right arm (slot 1): elbow (100, 200) px, wrist (100, 240) px, finger tips around (100, 250) px
+    landmarks[14, :2] = (100 / width, 200 / height)
+    landmarks[16, :2] = (100 / width, 240 / height)
+    landmarks[[18, 20, 22], :2] = [(96 / width, 250 / height), (100 / width, 250 / height), (104 / width, 250 / height)]
+    x0, y0, side = hand_crop(landmarks, 1, width, height)
+    assert side == pytest.approx(HAND_CROP_FOREARMS * 40)  # 1.5 forearms beat 4 x the 10 px reach and 24 px
+    assert (x0 + side / 2, y0 + side / 2) == pytest.approx((100, 245))  # centred between wrist and tips
+    landmarks[16, 2] = 0.1
+    assert hand_crop(landmarks, 1, width, height) is None  # BlazePose does not see that wrist
+    landmarks[16, 2], landmarks[16, 0] = 0.9, 1.2
+    assert hand_crop(landmarks, 1, width, height) is None  # wrist outside the image
+
+
+def test_native_log_filter_drops_mediapipe_lines_and_passes_the_rest() -> None:
+    from steadydancer_core.pose.detect.native_log import filter_chunk
+
+    absl = (b"W0000 00:00:1796171299.424576   24074 inference_feedback_manager.cc:114] Feedback manager "
+            b"requires a model with a single signature inference.\n")
+    tflite = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n"
+    banner = b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+    ours = b"error: --ref: file not found: r.png\n"
+    assert filter_chunk(b"", absl + ours + tflite + banner) == (ours, b"")
+    # A line split across reads is held while it could still be a native line, then dropped whole ...
+    out, pending = filter_chunk(b"", absl[:30])
+    assert out == b"" and pending == absl[:30]
+    assert filter_chunk(pending, absl[30:]) == (b"", b"")
+    # ... while a progress bar's partial line is forwarded at once.
+    assert filter_chunk(b"", b"\rdriving poses:  40%|####") == (b"\rdriving poses:  40%|####", b"")
+    assert filter_chunk(b"", b"Warning: something of ours\n") == (b"Warning: something of ours\n", b"")

@@ -9,12 +9,15 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from steadydancer_core import downloads
+from steadydancer_core.downloads import POSE_FOLDER
 from steadydancer_core.pose.detect.models import (
     DETECTOR_FILE,
     DWPOSE_REPO,
     MODELS_DIR_ENV,
     POSE_FILE,
     ModelFilesMissing,
+    default_models_dir,
     ensure_dwpose_models,
     resolve_models_dir,
 )
@@ -99,11 +102,27 @@ def build_dwpose(path: Path, simcc_x: np.ndarray, simcc_y: np.ndarray, batch: in
 
 def test_models_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv(MODELS_DIR_ENV, raising=False)
-    assert resolve_models_dir().parts[-2:] == ("models", "pose")
-    assert resolve_models_dir().parent.parent == Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[1]
+    expected = (repo.parents[1] / "models" / POSE_FOLDER if repo.parent.name == "custom_nodes"
+                and (repo.parents[1] / "models").is_dir() else repo / "models" / POSE_FOLDER)
+    assert resolve_models_dir() == expected
     monkeypatch.setenv(MODELS_DIR_ENV, str(tmp_path / "env"))
     assert resolve_models_dir() == tmp_path / "env"
     assert resolve_models_dir(tmp_path / "arg") == tmp_path / "arg"
+
+
+def test_default_folder_is_the_comfyui_one_inside_a_comfyui_install(tmp_path: Path) -> None:
+    # The same models/steadydancer_pose the ComfyUI node lists, when the pack is a custom node ...
+    pack = tmp_path / "ComfyUI" / "custom_nodes" / "ComfyUI-SteadyDancer"
+    pack.mkdir(parents=True)
+    (tmp_path / "ComfyUI" / "models").mkdir()
+    assert default_models_dir(pack) == tmp_path / "ComfyUI" / "models" / "steadydancer_pose"
+    # ... and the repository's own models/steadydancer_pose (where 'download --dir models' puts it) otherwise.
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    assert default_models_dir(clone) == clone / "models" / "steadydancer_pose"
+    assert downloads.destination(downloads.BY_KEY["pose_model"], "standalone", clone / "models").parent == \
+        default_models_dir(clone)
 
 
 def test_present_files_are_used_without_the_hub(tmp_path: Path) -> None:
@@ -121,16 +140,36 @@ def test_missing_files_without_download_name_files_repo_and_folder(tmp_path: Pat
     assert f"{DETECTOR_FILE} not found" not in message  # only the absent file is reported missing
 
 
-def test_offline_hub_gives_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Offline mode makes the real hf_hub_download fail at once, without touching the network.
+def test_offline_hub_gives_one_clear_error_at_once_and_creates_nothing(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # HF_HUB_OFFLINE: the probe answers without touching the network; nothing is fetched or created.
     import huggingface_hub.constants
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
     with pytest.raises(ModelFilesMissing) as caught:
-        ensure_dwpose_models(tmp_path / "models", download=True)
+        ensure_dwpose_models(tmp_path / "models" / "steadydancer_pose", download=True)
     message = str(caught.value)
     assert DETECTOR_FILE in message and POSE_FILE in message and DWPOSE_REPO in message
-    assert "Hugging Face hub failed" in message
-    assert caught.value.__cause__ is None and caught.value.__suppress_context__  # no hub traceback chained
+    assert "cannot be reached (HF_HUB_OFFLINE is set)" in message
+    assert "python -m steadydancer_core download" in message
+    assert caught.value.__cause__ is None
+    assert list(tmp_path.iterdir()) == []  # no folder, no .lock file
+
+
+def test_unreachable_endpoint_is_one_request_then_one_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    # Port 9 on localhost (discard) is closed here: the one probe is refused at once, no retries follow.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    calls = []
+
+    class CountingHub(downloads.HuggingFaceHub):
+        def fetch(self, repo: str, path: str, local_dir: Path) -> Path:
+            calls.append(path)
+            return super().fetch(repo, path, local_dir)
+
+    with pytest.raises(ModelFilesMissing) as caught:
+        ensure_dwpose_models(tmp_path / "pose", download=True, hub=CountingHub())
+    assert "http://127.0.0.1:9 is not reachable" in str(caught.value)
+    assert calls == [] and list(tmp_path.iterdir()) == []

@@ -15,6 +15,7 @@ from pathlib import Path
 import _script  # noqa: E402  (puts the repository root and training/ on sys.path)
 
 from steadydancer_core.atomic_output import check_output_path  # noqa: E402
+from steadydancer_core.cli_help import DefaultsHelpFormatter  # noqa: E402
 from steadydancer_core.errors import InputError  # noqa: E402
 from steadydancer_core.pose.detect import BACKENDS, create_detector  # noqa: E402
 from steadydancer_train.build_manifest_lib import build_manifest, find_videos  # noqa: E402
@@ -32,20 +33,30 @@ def _check_arguments(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--videos", required=True, help="folder searched recursively for videos")
     parser.add_argument("--out", required=True, help="metadata.jsonl to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out (once it is complete)")
-    parser.add_argument("--keypoints_dir", default=None, help="default: <out folder>/keypoints")
-    parser.add_argument("--backend", choices=BACKENDS, default="dwpose")
-    parser.add_argument("--models_dir", default=None, help="pose detector models (DWPose ONNX)")
-    parser.add_argument("--no_download", action="store_true", help="never fetch missing DWPose files from the hub")
-    parser.add_argument("--fps", type=float, default=16.0)
-    parser.add_argument("--frames", type=int, default=81)
+    parser.add_argument("--keypoints_dir", "--keypoints-dir", dest="keypoints_dir", default=None,
+                        help="where the per-video keypoint JSON files go (default: <out folder>/keypoints)")
+    parser.add_argument("--backend", choices=BACKENDS, default="dwpose", help="pose detector backend")
+    parser.add_argument("--models_dir", "--models-dir", dest="models_dir", default=None,
+                        help="DWPose ONNX folder (default: as 'poses': $STEADYDANCER_MODELS_DIR, else "
+                             "models/steadydancer_pose)")
+    parser.add_argument("--no_download", "--no-download", dest="no_download", action="store_true",
+                        help="never fetch missing DWPose files from the hub")
+    parser.add_argument("--fps", type=float, default=16.0, help="frame rate the poses are detected at")
+    parser.add_argument("--frames", type=int, default=81, help="frames per clip (the training clip length)")
+    parser.add_argument("--dry_run", "--dry-run", dest="dry_run", action="store_true",
+                        help="check the arguments, find the videos and build the detector, then stop")
     args = parser.parse_args(argv)
     _check_arguments(args)
     options = {"models_dir": args.models_dir, "download": not args.no_download} if args.backend == "dwpose" else {}
     detector = create_detector(args.backend, **options)
+    if args.dry_run:
+        print(f"{len(find_videos(args.videos))} videos in {args.videos}, {args.backend} detector ready; "
+              "dry run, nothing detected or written")
+        return 0
     entries, problems = build_manifest(args.videos, args.out, detector, keypoints_dir=args.keypoints_dir,
                                        fps=args.fps, frames=args.frames)
     print(f"{args.out}: {len(entries)} clips, {len(problems)} problems")

@@ -14,6 +14,9 @@ import os
 import _script  # noqa: E402  (puts the repository root and training/ on sys.path)
 
 from steadydancer_core.atomic_output import check_output_path  # noqa: E402
+from steadydancer_core.cli_help import DefaultsHelpFormatter  # noqa: E402
+from steadydancer_core.encoders import missing_wan_components  # noqa: E402
+from steadydancer_core.errors import InputError  # noqa: E402
 from steadydancer_train.config import load_config, require  # noqa: E402
 from steadydancer_train.distributed import resolve_device  # noqa: E402
 from steadydancer_train.manifest import read_manifest  # noqa: E402
@@ -22,9 +25,12 @@ from steadydancer_train.precompute_clips import precompute, write_summary  # noq
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML / TOML / JSON config (data.manifest, data.cache_dir)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value (YAML syntax), repeatable (default: none)")
+    parser.add_argument("--dry_run", "--dry-run", dest="dry_run", action="store_true",
+                        help="check the config, the manifest and the cache folder, print what would be encoded, stop")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.set)
     require(cfg, "data.manifest", "data.cache_dir")
@@ -34,6 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     entries, problems = read_manifest(cfg.data.manifest)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     device = resolve_device(cfg.compute.device, int(os.environ.get("LOCAL_RANK", "0")))
+    if args.dry_run:
+        require(cfg, "data.encoders_dir")
+        problems_found = missing_wan_components(cfg.data.encoders_dir)  # what loading them would refuse
+        if problems_found:
+            raise InputError("data.encoders_dir is not a Diffusers-format Wan2.1-I2V folder: " + "; ".join(problems_found))
+        print(f"rank {rank}/{world}: {len(entries[rank::world])} clips to encode into {cfg.data.cache_dir} "
+              f"({len(problems)} unusable manifest lines); dry run, nothing encoded")
+        return 0
     summary = precompute(cfg, config, entries, rank, world, device)
     path = write_summary(cfg.data.cache_dir, rank, summary, problems)
     skipped = summary.skipped + (problems if rank == 0 else [])

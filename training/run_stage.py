@@ -15,24 +15,30 @@ import argparse
 
 import _script  # noqa: E402  (puts the repository root and training/ on sys.path)
 
+from steadydancer_core.cli_help import DefaultsHelpFormatter  # noqa: E402
 from steadydancer_train.config import load_config  # noqa: E402
 from steadydancer_train.trainer import StageRunner  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", type=int, choices=(1, 2, 3), required=True)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelpFormatter)
+    parser.add_argument("--stage", type=int, choices=(1, 2, 3), required=True,
+                        help="1 Action Supervision, 2 Condition-Decoupled Distillation, 3 Motion Discontinuity Mitigation")
     parser.add_argument("--config", required=True, help="YAML / TOML / JSON config")
-    parser.add_argument("--resume", default="", help="'auto' (latest checkpoint of output_dir, if any) or a step folder")
+    parser.add_argument("--resume", default="",
+                        help="'auto' (latest checkpoint of output_dir, if any) or a step folder (default: '' = start "
+                             "fresh)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the earlier run in output_dir (its metrics, checkpoints and exports; other files "
                              "stay): set aside in .replaced_run/ once every check has passed, deleted when this run "
                              "ends well, put back if it fails")
-    parser.add_argument("--max_steps", type=int, default=None,
-                        help="stop after this many steps (a partial run: checkpoint, no final/; resume later)")
+    parser.add_argument("--max_steps", "--max-steps", dest="max_steps", type=int, default=None,
+                        help="stop after this many steps (a partial run: checkpoint, no final/; resume later; "
+                             "default: run to optim.steps)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a config value (YAML syntax), repeatable")
-    parser.add_argument("--dry_run", action="store_true", help="run every check (config, cache, checkpoints) and stop")
+                        help="override a config value (YAML syntax), repeatable (default: none)")
+    parser.add_argument("--dry_run", "--dry-run", dest="dry_run", action="store_true",
+                        help="run every check (config, cache, checkpoints) and stop")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.set, stage=args.stage)
     runner = StageRunner(cfg, args.resume, args.max_steps, args.overwrite)

@@ -23,16 +23,14 @@ import numpy as np
 from PIL import Image
 
 from ..atomic_output import atomic_folder, check_output_path
-from ..conditioning import SIZE_MULTIPLE, output_size
-from ..errors import InputError, report_user_errors
+from ..conditioning import DEFAULT_MAX_AREA, SIZE_MULTIPLE, output_size
+from ..errors import InputError, Problems, report_user_errors
 from ..video import FRAME_COUNT_RULES, VideoReadInfo, frame_count_for_rule, read_image, read_video, write_video
 from .conditions import PoseConditions, build_pose_conditions
 from .detect import BACKENDS, PoseDetector, create_detector, detect_frames
 from .detect.dwpose_ops import DetectionThresholds
-from .keypoints import PoseFrame, frames_to_dict, load_pose_json
+from .keypoints import CONDITIONS_FORMAT, PoseFrame, frames_to_dict, read_pose_file
 
-# The official preprocessing draws on a canvas of this pixel area with the reference's aspect.
-DEFAULT_MAX_AREA = 1024 * 576
 DEFAULT_FRAMES = 81
 #: What the command writes into --out; --overwrite replaces these and nothing else in the folder.
 POSE_OUTPUTS = ("positive", "negative", "keypoints.json", "preview.mp4")
@@ -79,8 +77,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     inputs.add_argument("--ref", required=True, type=Path, help="reference image (the person to animate)")
     inputs.add_argument("--driving", type=Path, help="driving video (the motion); optional with --keypoints")
     inputs.add_argument("--keypoints", type=Path,
-                        help="driving keypoints JSON (this package's format or controlnet_aux POSE_KEYPOINT) instead of detecting them")
-    inputs.add_argument("--ref-keypoints", type=Path, help="reference keypoints JSON (first frame used) instead of detecting them")
+                        help="driving keypoints JSON instead of detecting them: this package's format, controlnet_aux "
+                             "POSE_KEYPOINT, or an earlier run's keypoints.json (its driving keypoints)")
+    inputs.add_argument("--ref-keypoints", type=Path,
+                        help="reference keypoints JSON (first frame used; of an earlier run's keypoints.json its "
+                             "reference) instead of detecting them")
     inputs.add_argument("--out", required=True, type=Path, help="output folder")
     inputs.add_argument("--overwrite", action="store_true",
                         help="replace an earlier run's outputs in --out (positive/, negative/, keypoints.json, "
@@ -91,8 +92,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            help="dwpose: YOLOX-L + DWPose-L ONNX (fidelity, needs the model files); "
                                 "mediapipe: offline BlazePose (optional extra)")
     detection.add_argument("--models-dir", type=Path,
-                           help="folder with yolox_l.onnx and dw-ll_ucoco_384.onnx (default $STEADYDANCER_MODELS_DIR or <repo>/models/pose)")
-    detection.add_argument("--no-download", action="store_true", help="never fetch missing DWPose files from the hub")
+                           help="folder with yolox_l.onnx and dw-ll_ucoco_384.onnx (default: $STEADYDANCER_MODELS_DIR, "
+                                "else models/steadydancer_pose of the ComfyUI install this repository is a custom "
+                                "node of, else <repo>/models/steadydancer_pose)")
+    detection.add_argument("--no-download", action="store_true",
+                           help="never fetch missing DWPose files (without it they are fetched from yzd-v/DWPose when "
+                                "the hub is reachable; offline the run stops at once naming them)")
     detection.add_argument("--thresholds", choices=("official", "controlnet_aux"), default="official",
                            help="DWPose box/keypoint thresholds of the official pipeline (default) or of controlnet_aux")
     detection.add_argument("--flip-test", action="store_true",
@@ -103,43 +108,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     frames = parser.add_argument_group("frames and size")
     frames.add_argument("--fps", type=_parse_fps, default=16.0, help="resample the driving video to this fps, or 'native' (default 16)")
     frames.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help=f"frame count, 4n+1 (default {DEFAULT_FRAMES}); fewer if the video is shorter")
-    frames.add_argument("--frame-rule", choices=FRAME_COUNT_RULES, default="4n+1", help="frame count rule (default 4n+1, as Wan needs)")
+    frames.add_argument("--frame-rule", choices=FRAME_COUNT_RULES, default="4n+1",
+                        help="frame count rule (default 4n+1, as Wan needs; 'any' keeps every frame)")
     size = frames.add_mutually_exclusive_group()
     size.add_argument("--size", type=_parse_size, help="exact output WIDTHxHEIGHT (multiples of 16)")
-    size.add_argument("--max-area", type=int, help=f"output pixel budget with the reference's aspect (default {DEFAULT_MAX_AREA})")
+    size.add_argument("--max-area", type=int,
+                      help=f"output pixel budget with the reference's aspect (default {DEFAULT_MAX_AREA} = 1024x576, "
+                           "the authors' README run and the official pose preprocessing; 'animate' uses the same)")
 
     modulation = parser.add_argument_group("alignment, negative pose, rendering")
     modulation.add_argument("--seed", type=int, default=0, help="seed of the per-frame negative-pose draws")
     modulation.add_argument("--no-align", action="store_true", help="draw the driving pose as detected (no retargeting to the reference)")
     modulation.add_argument("--official-align", action="store_true",
                             help="the official bone ratios without visibility checks (default: robust ratios)")
-    modulation.add_argument("--align-frame", type=int, default=0, help="driving frame used to estimate the alignment")
+    modulation.add_argument("--align-frame", type=int, default=0, help="driving frame used to estimate the alignment (default 0)")
     modulation.add_argument("--palette", choices=("steadydancer", "openpose"), default="steadydancer",
                             help="steadydancer: the official R/B-swapped colours (default); openpose: standard colours")
     parser.add_argument("--no-preview", action="store_true", help="skip preview.mp4")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _check_arguments(args: argparse.Namespace) -> None:
+def _check_arguments(args: argparse.Namespace, problems: Problems) -> None:
     if args.driving is None and args.keypoints is None:
-        raise CliError("give the driving motion: --driving VIDEO and/or --keypoints FILE")
+        problems.add("give the driving motion: --driving VIDEO and/or --keypoints FILE")
     if args.frames < 1 or frame_count_for_rule(args.frames, args.frame_rule) != args.frames:
-        raise CliError(f"--frames {args.frames} breaks the {args.frame_rule} rule; "
-                       f"use {max(1, frame_count_for_rule(args.frames, args.frame_rule))} or "
-                       f"{frame_count_for_rule(args.frames + 4, args.frame_rule)}")
+        problems.add(f"--frames {args.frames} breaks the {args.frame_rule} rule; "
+                     f"use {max(1, frame_count_for_rule(args.frames, args.frame_rule))} or "
+                     f"{frame_count_for_rule(args.frames + 4, args.frame_rule)}")
     if args.max_area is not None and args.max_area < SIZE_MULTIPLE * SIZE_MULTIPLE:
-        raise CliError(f"--max-area must be at least {SIZE_MULTIPLE * SIZE_MULTIPLE}, got {args.max_area}")
+        problems.add(f"--max-area must be at least {SIZE_MULTIPLE * SIZE_MULTIPLE}, got {args.max_area}")
     if args.align_frame < 0:
-        raise CliError(f"--align-frame must be >= 0, got {args.align_frame}")
+        problems.add(f"--align-frame must be >= 0, got {args.align_frame}")
     for name in ("ref", "driving", "keypoints", "ref_keypoints"):
         path = getattr(args, name)
         if path is not None and not path.is_file():
-            raise CliError(f"--{name.replace('_', '-')}: file not found: {path}")
+            problems.add(f"--{name.replace('_', '-')}: file not found: {path}")
 
 
-def _load_keypoints(path: Path, what: str) -> list[PoseFrame]:
+def _load_keypoints(path: Path, what: str, part: str) -> list[PoseFrame]:
+    """Frames of a keypoint file; of a ``poses`` keypoints.json (format ``CONDITIONS_FORMAT``) its ``part``."""
     try:
-        frames = load_pose_json(path)
+        frames, _ = read_pose_file(path, part)
     except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
         raise CliError(f"{what} {path}: not a pose JSON file ({exc})") from None
     if not frames:
@@ -153,7 +162,7 @@ def _driving_frames(args: argparse.Namespace) -> tuple[np.ndarray | None, VideoR
     if args.driving is not None:
         video, info = read_video(args.driving, fps=args.fps, max_frames=args.frames, frame_count_rule=args.frame_rule)
     if args.keypoints is not None:
-        keypoints = _load_keypoints(args.keypoints, "--keypoints")
+        keypoints = _load_keypoints(args.keypoints, "--keypoints", "driving")
         count = frame_count_for_rule(min(len(keypoints), args.frames), args.frame_rule)
         keypoints = keypoints[:count]
         if video is not None and len(video) != count:
@@ -167,7 +176,7 @@ def _driving_frames(args: argparse.Namespace) -> tuple[np.ndarray | None, VideoR
 
 def _reference_pose(args: argparse.Namespace, reference: np.ndarray, detector: PoseDetector | None) -> PoseFrame:
     if args.ref_keypoints is not None:
-        frame = _load_keypoints(args.ref_keypoints, "--ref-keypoints")[0]
+        frame = _load_keypoints(args.ref_keypoints, "--ref-keypoints", "reference")[0]
     else:
         frame = detector.detect(reference)
     if not any(person.body_visible.any() for person in frame.people):
@@ -205,7 +214,7 @@ def preview_frames(reference: np.ndarray, conditions: PoseConditions, driving: n
 def _keypoints_document(args: argparse.Namespace, reference: PoseFrame, driving: list[PoseFrame],
                         conditions: PoseConditions, size: tuple[int, int], info: VideoReadInfo | None) -> dict[str, Any]:
     return {
-        "format": "steadydancer-pose-conditions",
+        "format": CONDITIONS_FORMAT,
         "version": 1,
         "size": {"width": size[0], "height": size[1]},
         "seed": args.seed,
@@ -244,15 +253,27 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    _check_arguments(args)
-    check_output_path(args.out, "--out", folder=True, existing_ok=args.overwrite, owned=POSE_OUTPUTS)
-    reference = read_image(args.ref)
-    video, info, driving = _driving_frames(args)
+    # Every problem that can be found before detection is collected and reported in one message.
+    problems = Problems()
+    _check_arguments(args, problems)
+    with problems.check():
+        check_output_path(args.out, "--out", folder=True, existing_ok=args.overwrite, owned=POSE_OUTPUTS)
+    reference = video = info = driving = detector = size = None
+    if args.ref.is_file():
+        with problems.check():
+            reference = read_image(args.ref)
+            size = args.size or generation_size(reference.shape[:2], args.max_area or DEFAULT_MAX_AREA)
+    inputs_exist = all(path is None or path.is_file() for path in (args.driving, args.keypoints))
+    frames_ok = args.frames >= 1 and frame_count_for_rule(args.frames, args.frame_rule) == args.frames
+    if inputs_exist and (args.driving is not None or args.keypoints is not None) and frames_ok:
+        with problems.check():
+            video, info, driving = _driving_frames(args)
+    if args.ref_keypoints is None or args.keypoints is None:
+        with problems.check():
+            detector = _create_detector(args)
+    problems.raise_if_any()
     if info is not None:
         print(f"driving video: {info.summary()}", file=sys.stderr)
-    size = args.size or generation_size(reference.shape[:2], args.max_area or DEFAULT_MAX_AREA)
-    need_detector = args.ref_keypoints is None or driving is None
-    detector = _create_detector(args) if need_detector else None
     reference_pose = _reference_pose(args, reference, detector)
     if driving is None:
         driving = detect_frames(detector, video, progress=not args.no_progress, description="driving poses")

@@ -463,3 +463,22 @@ def save_pose_json(frames: Sequence[PoseFrame], path: str | Path) -> None:
 def load_pose_json(path: str | Path) -> list[PoseFrame]:
     """Read frames written by ``save_pose_json`` or a controlnet_aux ``POSE_KEYPOINT`` JSON file."""
     return frames_from_dict(json.loads(Path(path).read_text()))
+
+
+# ``poses`` command output (keypoints.json): the reference, driving, aligned and negative keypoints
+CONDITIONS_FORMAT = "steadydancer-pose-conditions"
+CONDITIONS_PARTS = ("reference", "driving", "aligned", "negative")
+
+
+def read_pose_file(path: str | Path, part: str) -> tuple[list[PoseFrame], str | None]:
+    """Frames of a pose JSON file and which part of it they are: a ``poses`` keypoints.json gives its
+    ``part`` (one of :data:`CONDITIONS_PARTS`) and returns that name; our plain format and controlnet_aux
+    ``POSE_KEYPOINT`` give their frames and None."""
+    if part not in CONDITIONS_PARTS:
+        raise ValueError(f"part must be one of {CONDITIONS_PARTS}, got {part!r}")
+    data = json.loads(Path(path).read_text())
+    if isinstance(data, dict) and data.get("format") == CONDITIONS_FORMAT:
+        if part not in data:
+            raise ValueError(f"{CONDITIONS_FORMAT} file without its {part!r} keypoints")
+        return frames_from_dict(data[part]), part
+    return frames_from_dict(data), None

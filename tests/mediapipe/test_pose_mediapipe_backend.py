@@ -97,3 +97,61 @@ def test_poses_cli_with_the_mediapipe_backend(shared_dir: Path, tmp_path: Path) 
     # the calibration frame's neck lands on the reference neck; every frame keeps one person with hands
     np.testing.assert_allclose(aligned[0].people[0].body[NECK], reference.body[NECK], atol=1e-6)
     assert all(len(frame.people) == 1 and frame.people[0].hand_visible.any() for frame in aligned)
+
+
+def test_hand_crops_find_the_small_dancers_hands(shared_dir: Path) -> None:
+    # Example 2: a small full-body dancer. Every 4th of the 81 frames at 16 fps, each detected alone.
+    video = shared_dir / "data" / "official_examples" / EXAMPLES[1] / "driving_video.mp4"
+    frames = read_video(video, fps=16, max_frames=81)[0][::4]
+    found = {}
+    for crops in (False, True):
+        with MediaPipeDetector(hand_crops=crops) as detector:
+            found[crops] = [detector.detect(frame).people[0] for frame in frames]
+    before = sum(int(p.hand_visible.any(axis=1).sum()) for p in found[False])
+    after = sum(int(p.hand_visible.any(axis=1).sum()) for p in found[True])
+    with_hands = sum(bool(p.hand_visible.any()) for p in found[True])
+    assert after >= 2 * before and with_hands >= 0.6 * len(frames), (before, after, with_hands)
+    size = np.array([frames.shape[2], frames.shape[1]])
+    for plain, cropped in zip(found[False], found[True]):
+        for slot, (elbow, wrist) in ((0, (L_ELB, L_WRI)), (1, (R_ELB, R_WRI))):
+            if plain.hand_visible[slot].any() or not cropped.hand_visible[slot].any():
+                continue
+            hand = cropped.hands[slot] * size  # a hand the crops added: at its own wrist, of a hand's size
+            forearm = np.linalg.norm((cropped.body[wrist] - cropped.body[elbow]) * size)
+            assert np.linalg.norm(hand[0] - cropped.body[wrist] * size) < 0.6 * forearm
+            extent = np.linalg.norm(hand.max(axis=0) - hand.min(axis=0))
+            assert 0.2 * forearm < extent < 2.0 * forearm
+
+
+def test_native_log_lines_are_silenced(shared_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    image = shared_dir / "data" / "official_examples" / EXAMPLES[1] / "ref_image.png"
+    code = ("import sys\nfrom steadydancer_core.pose.detect.mediapipe_backend import MediaPipeDetector\n"
+            "from steadydancer_core.video import read_image\n"
+            f"with MediaPipeDetector() as d:\n    people = d.detect(read_image({str(image)!r})).people\n"
+            "print('people', len(people)); print('our stderr line', file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0 and "people 1" in done.stdout
+    assert done.stderr.strip() == "our stderr line", done.stderr  # no TFLite/absl/glog line around it
+
+
+def test_poses_then_animate_on_the_official_example(shared_dir: Path, tmp_path: Path, capsys) -> None:
+    # The two commands chained as the README's quick start: animate reads the keypoints.json poses wrote.
+    from steadydancer_core.__main__ import main
+
+    example = shared_dir / "data" / "official_examples" / EXAMPLES[1]
+    out = tmp_path / "poses"
+    assert main(["poses", "--ref", str(example / "ref_image.png"), "--driving", str(example / "driving_video.mp4"),
+                 "--out", str(out), "--backend", "mediapipe", "--frames", "5", "--no-progress", "--no-preview"]) == 0
+    capsys.readouterr()
+    # No weights in this environment: the dry run checks and plans, then names what to download (exit 2).
+    code = main(["animate", "--image", str(example / "ref_image.png"), "--poses", str(out / "keypoints.json"),
+                 "--prompt", (example / "prompt.txt").read_text(), "--out", str(tmp_path / "v.mp4"),
+                 "--device", "cpu", "--dry-run"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "poses: 5 frames, negative poses: 5 frames" in captured.out
+    assert "Model weights are missing" in captured.err and "download --dir models" in captured.err
