@@ -26,7 +26,8 @@ def encode_model_range(clip_vision: Any, images: torch.Tensor) -> list[Any]:
     """One ``CLIP_VISION_OUTPUT`` per image of ``images`` [B, 3, H, W] in [-1, 1] at native size, through the
     official ``ClipPreprocess`` and ComfyUI's CLIP vision network (the fields ``encode_image`` fills)."""
     if not hasattr(clip_vision, "image_size") or not hasattr(clip_vision, "patcher"):
-        raise ValueError(f"clip_vision must be a CLIP vision model (CLIP Vision Loader), got {type(clip_vision).__name__}")
+        raise ValueError("clip_vision must be a CLIP vision model (CLIP Vision Loader), "
+                         f"got {type(clip_vision).__name__}")
     preprocess = official_inputs.ClipPreprocess(size=int(clip_vision.image_size), mean=tuple(clip_vision.image_mean),
                                                 std=tuple(clip_vision.image_std))
     comfy.model_management.load_model_gpu(clip_vision.patcher)

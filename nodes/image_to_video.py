@@ -102,7 +102,8 @@ def build_conditionings(positive: list, negative: list, vae: Any, kept_frames: t
                         pose_frames: torch.Tensor, negative_pose_frames: torch.Tensor | None,
                         clip_vision_reference: Any, clip_vision_first_pose: Any, width: int, height: int,
                         pose_strength_spatial: float, pose_strength_temporal: float, *,
-                        reference_hw: tuple[int, int], ref_image_latent: torch.Tensor | None = None, ref_pose_latent: torch.Tensor | None = None,
+                        reference_hw: tuple[int, int], ref_image_latent: torch.Tensor | None = None,
+                        ref_pose_latent: torch.Tensor | None = None,
                         ) -> tuple[list, list, list, dict]:
     """The three DC-CFG conditionings and the empty latent of one I2V run of ``len(pose_frames)`` frames.
 

@@ -134,7 +134,8 @@ class SteadyDancerLongVideo(io.ComfyNode):
                 "their seeds from it.") + negative_pose_inputs() + [
                 io.ClipVision.Input("clip_vision", optional=True,
                                     tooltip="CLIP vision model (clip_vision_h), needed by anchor = segment to "
-                                            "encode each segment's first frame and first pose (official CLIP preprocessing)."),
+                                            "encode each segment's first frame and first pose (official CLIP "
+                                            "preprocessing)."),
             ],
             outputs=[io.Image.Output(display_name="frames")],
         )

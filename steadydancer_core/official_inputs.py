@@ -29,7 +29,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 def frames_to_model_range(frames: np.ndarray) -> torch.Tensor:
     """uint8 [N, H, W, 3] -> float32 [N, 3, H, W] in [-1, 1] (official to_tensor then (v - 0.5) / 0.5)."""
     _check_uint8_frames("frames", frames)
-    return to_model_range(torch.from_numpy(np.array(frames)).permute(0, 3, 1, 2).div(255.0))  # copy: PIL arrays are read-only
+    # A copy: arrays from PIL are read-only, which torch.from_numpy warns about.
+    return to_model_range(torch.from_numpy(np.array(frames)).permute(0, 3, 1, 2).div(255.0))
 
 
 def resize_poses_to_reference(poses: np.ndarray, reference_hw: tuple[int, int]) -> np.ndarray:

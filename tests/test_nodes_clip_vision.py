@@ -54,7 +54,8 @@ def official_clip_features(core_encoder, image: torch.Tensor) -> torch.Tensor:
     """Official clip.py: squash to the input size with bicubic, [-1,1] -> [0,1], mean/std; block -2's output."""
     size = core_encoder.preprocess.size
     x = F.interpolate(image[None], size=(size, size), mode="bicubic", align_corners=False).mul(0.5).add(0.5)
-    x = (x - torch.tensor(official_inputs.CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(official_inputs.CLIP_STD).view(1, 3, 1, 1)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (official_inputs.CLIP_MEAN, official_inputs.CLIP_STD))
+    x = (x - mean) / std
     with torch.no_grad():
         return core_encoder.model(pixel_values=x, output_hidden_states=True).hidden_states[-2]
 
