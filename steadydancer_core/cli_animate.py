@@ -169,6 +169,8 @@ def load_pose_keypoints(source: str, reference_hw: tuple[int, int], seed: int, m
     from .pose.keypoints import read_pose_file
     from .pose.negative import negative_poses
 
+    if not Path(source).is_file():
+        raise InputError(f"--poses not found: {source} (expected a 'poses' keypoints.json or a keypoint file)")
     try:
         frames, part = read_pose_file(source, "aligned")
         stored_negative = (read_pose_file(source, "negative")[0]
