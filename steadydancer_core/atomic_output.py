@@ -27,6 +27,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``target`` (same suffix, so writers pick the right format); on a clean
     exit it replaces ``target`` atomically, on an exception it is removed and ``target`` is untouched."""
     target = Path(target)
+    created = topmost_missing(target.parent)
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = _partial_name(target.parent, target.stem, target.suffix)
     # Created with open(), not mkstemp, so the file gets the usual umask permissions instead of 0600.
@@ -36,6 +37,25 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
+        if created is not None and not target.exists():
+            remove_empty_tree(created)  # a failed first run leaves no empty folder behind
+
+
+def topmost_missing(path: Path) -> Path | None:
+    """The highest not-yet-existing folder on the way to ``path`` (None when ``path`` exists)."""
+    top = None
+    while not path.exists() and path != path.parent:
+        top, path = path, path.parent
+    return top
+
+
+def remove_empty_tree(top: Path) -> None:
+    """Remove ``top`` and its sub-folders when none of them holds a file."""
+    for folder in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    if top.is_dir() and not any(top.iterdir()):
+        top.rmdir()
 
 
 @contextlib.contextmanager

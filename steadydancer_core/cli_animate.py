@@ -65,7 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                          "as --poses (or --frames). Default: from the keypoints when --poses is a .json, otherwise "
                          "the pose guidance term is off")
     io.add_argument("--negative-seed", type=int, default=None,
-                    help="seed of the generated negative-pose augmentation (default: --seed)")
+                    help="seed of the generated negative-pose augmentation (default: a 'poses' keypoints.json's "
+                         "own negatives, drawn there with its --seed; other keypoint files: --seed)")
     io.add_argument("--prompt", required=True, help="text prompt")
     io.add_argument("--negative-prompt", default=DEFAULT_NEGATIVE_PROMPT,
                     help="negative prompt (default: the official Wan I2V one)")
@@ -166,6 +167,8 @@ def load_pose_keypoints(source: str, reference_hw: tuple[int, int], seed: int, m
     from .pose.keypoints import read_pose_file
     from .pose.negative import negative_poses
 
+    if not Path(source).is_file():
+        raise InputError(f"--poses not found: {source} (expected a 'poses' keypoints.json or a keypoint file)")
     try:
         frames, part = read_pose_file(source, "aligned")
         stored_negative = (read_pose_file(source, "negative")[0]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence
 
+from .atomic_output import remove_empty_tree, topmost_missing
 from .errors import UserError
 
 LAYOUTS = ("comfyui", "standalone")
@@ -268,25 +269,6 @@ def _clean_staging(staging: Path) -> None:
         staging.rmdir()
 
 
-def _topmost_missing(path: Path) -> Path | None:
-    """The highest ancestor-or-self of ``path`` that does not exist yet (None when ``path`` exists)."""
-    top = None
-    while not path.exists():
-        top, path = path, path.parent
-    return top
-
-
-def _prune_empty(top: Path) -> None:
-    """Remove ``top`` and the folders inside it that hold no file (folders a failed run created)."""
-    if not top.is_dir():
-        return
-    for folder in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-        if not any(folder.iterdir()):
-            folder.rmdir()
-    if not any(top.iterdir()):
-        top.rmdir()
-
-
 def fetch_all(transfers: Sequence[Transfer], root: Path, hub: Hub) -> list[Path]:
     """Fetch every transfer not already present; each file is moved into place only when complete.
 
@@ -294,7 +276,7 @@ def fetch_all(transfers: Sequence[Transfer], root: Path, hub: Hub) -> list[Path]
     in place, its partial download stays in the hidden staging folder so the same command resumes it, and
     no lock file or folder made empty is left."""
     staging = root / STAGING_NAME
-    new_folders = {_topmost_missing(p) for p in [staging, *(t.target.parent for t in transfers)]} - {None}
+    new_folders = {topmost_missing(p) for p in [staging, *(t.target.parent for t in transfers)]} - {None}
     written = []
     try:
         for transfer in transfers:
@@ -313,7 +295,7 @@ def fetch_all(transfers: Sequence[Transfer], root: Path, hub: Hub) -> list[Path]
     except BaseException:
         _clean_staging(staging)
         for folder in new_folders:
-            _prune_empty(folder)
+            remove_empty_tree(folder)
         raise
     shutil.rmtree(staging, ignore_errors=True)
     return written

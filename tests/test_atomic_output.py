@@ -84,3 +84,19 @@ def test_check_output_path_refusals(kind: str, make: str, message: str, tmp_path
             (path / "notes.txt").write_text("not in the way")
     with pytest.raises(OutputError, match=message):
         check_output_path(path, "--out", folder=kind == "folder", existing_ok=False, owned=("a.json", "b.json"))
+
+
+def test_atomic_path_failure_leaves_no_folder_it_created(tmp_path: Path) -> None:
+    from steadydancer_core.atomic_output import atomic_path
+
+    target = tmp_path / "out" / "nested" / "video.mp4"
+    try:
+        with atomic_path(target) as temporary:
+            temporary.write_bytes(b"half")
+            raise RuntimeError("the run failed")
+    except RuntimeError:
+        pass
+    assert list(tmp_path.iterdir()) == []  # out/nested/ was created for the run and is gone with it
+    with atomic_path(target) as temporary:
+        temporary.write_bytes(b"whole")
+    assert target.read_bytes() == b"whole"

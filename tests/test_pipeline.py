@@ -142,8 +142,12 @@ def test_batched_and_sequential_conditions_give_the_same_video(tiny):
 
 
 def test_plan_official_defaults():
-    # Portrait 480x832 reference at the 480p area: official size, shift 3, window 5..15 of 40 steps.
+    # The default budget is the authors' README run, 1024x576 pixels: a portrait 832x480 reference gives
+    # floor(sqrt(589824 * 832 / 480) / 16) * 16 = 1008 by floor(sqrt(589824 * 480 / 832) / 16) * 16 = 576, shift 5.
     plan = make_plan((832, 480), SamplingSettings(), pose_guidance=True)
+    assert (plan.height, plan.width, plan.frames, plan.shift) == (1008, 576, 81, 5.0)
+    # Portrait 480x832 reference at the 480p area: official size, shift 3, window 5..15 of 40 steps.
+    plan = make_plan((832, 480), SamplingSettings(max_area=480 * 832), pose_guidance=True)
     assert (plan.height, plan.width, plan.frames) == (832, 480, 81)
     assert plan.latent_shape == (16, 21, 104, 60)
     assert plan.shift == 3.0 and plan.solver == "unipc"
