@@ -11,6 +11,8 @@ cast to it. Parameter names equal the official state-dict keys.
 """
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 import torch.nn as nn
 
@@ -22,6 +24,16 @@ from .rope import rope_cos_sin
 
 #: Token frames appended after the video: ref_x, then ref_c.
 REFERENCE_FRAMES = 2
+
+
+class TokenSharding(Protocol):
+    """Splits the tokens over ranks before the blocks and gathers the head's output after them
+    (``steadydancer_core.parallel.sequence_parallel.UlyssesSharding``)."""
+
+    def shard(self, tokens: torch.Tensor, rope_cos: torch.Tensor, rope_sin: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+    def gather(self, tokens: torch.Tensor) -> torch.Tensor: ...
 
 
 class SteadyDancerDiT(nn.Module):
@@ -69,6 +81,8 @@ class SteadyDancerDiT(nn.Module):
         ])
         self.head = Head(dim, config.out_dim, config.patch_size, config.eps, operations, **ops)
         self.img_emb = MLPProj(config.clip_dim, dim, operations, **ops)
+        # Sequence parallelism (None: one process holds every token); set by steadydancer_core.parallel.
+        self.sequence_parallel: TokenSharding | None = None
 
     # ---- input checks ------------------------------------------------------------------------
 
@@ -171,6 +185,7 @@ class SteadyDancerDiT(nn.Module):
         ref_x_tokens = self.patch_embedding(torch.cat([ref_x, mask_ones, ref_x], dim=1))
         ref_c_tokens = self.patch_embedding_ref_c(ref_c)
         tokens = torch.cat([video, ref_x_tokens, ref_c_tokens], dim=2)
+        del video, ref_x_tokens, ref_c_tokens  # the concatenation holds them; do not keep two copies alive
         grid = tuple(tokens.shape[2:])
         tokens = tokens.flatten(2).transpose(1, 2)
 
@@ -190,11 +205,16 @@ class SteadyDancerDiT(nn.Module):
         context_clip = self.img_emb(clip_fea_x) + self.img_emb(clip_fea_c)
         context = torch.cat([context_clip, context], dim=1)
         image_tokens = context_clip.shape[1]
+        if self.sequence_parallel is not None:  # this rank's block of the tokens (everything above is whole)
+            tokens, rope_cos, rope_sin = self.sequence_parallel.shard(tokens, rope_cos, rope_sin)
 
         for block in self.blocks:
             tokens = block(tokens, e0, context, image_tokens, rope_cos, rope_sin)
 
-        out = self.unpatchify(self.head(tokens, e), grid)
+        out = self.head(tokens, e)
+        if self.sequence_parallel is not None:
+            out = self.sequence_parallel.gather(out)
+        out = self.unpatchify(out, grid)
         return out[:, :, :t]
 
     def extra_repr(self) -> str:
