@@ -17,8 +17,8 @@ only ever act as queries; their outputs are dropped. Every other layer treats to
 The pose branch is NOT split: it runs whole on every rank before the token split (``SteadyDancerDiT``
 computes it before the tokens exist). Its convolutions need 3x3 spatial neighbours, the DYModule a
 per-frame global mean and instance norm, and the alignment unit attends over time per pixel; computing it
-whole keeps all of that exact without any communication, and it costs about 3e-5 of a 14B step (29.5
-GFLOP at 832x480x81, see ``benchmarks/bench_multi_gpu_comm.py``).
+whole keeps all of that exact without any communication, and together with the patch embeddings it costs
+6.7e-5 of a 14B step's FLOPs at 832x480x81 (388 GFLOP of 5.8 PFLOP, ``benchmarks/bench_multi_gpu_comm.py``).
 
 The real length of the sequence whose local block has ``L_local`` tokens is kept per ``L_local`` (not "the
 last forward"), so recomputing a block under gradient checkpointing after a forward with another token
