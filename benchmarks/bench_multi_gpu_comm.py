@@ -118,6 +118,29 @@ def paper_table() -> None:
                       f"{compute:>12.2f} s" + " ".join(cells))
 
 
+def memory_table() -> None:
+    """Weights + activations per GPU of each layout (``steadydancer_core.parallel.memory``, also --dry-run)."""
+    from steadydancer_core.parallel.memory import memory_per_gpu
+    from steadydancer_core.parallel.session import ParallelLayout
+
+    config = OFFICIAL_14B
+    layouts = [("1 GPU", ParallelLayout()), ("ulysses 2", ParallelLayout(ulysses=2)),
+               ("cfg 2", ParallelLayout(cfg=2)), ("ulysses 2 + FSDP", ParallelLayout(ulysses=2, fsdp=True)),
+               ("ulysses 4", ParallelLayout(ulysses=4)), ("ulysses 4 + FSDP", ParallelLayout(ulysses=4, fsdp=True)),
+               ("ulysses 2 x cfg 2 + FSDP", ParallelLayout(ulysses=2, cfg=2, fsdp=True)),
+               ("ulysses 8", ParallelLayout(ulysses=8)), ("ulysses 8 + FSDP", ParallelLayout(ulysses=8, fsdp=True)),
+               ("ulysses 4 x cfg 2 + FSDP", ParallelLayout(ulysses=4, cfg=2, fsdp=True))]
+    print("\nmemory per GPU (computed; DiT weights + peak activations, GiB, bf16; rank 0 adds the VAE, 0.47 GiB, "
+          "and loads umT5 10.6 GiB / CLIP 1.2 GiB before the DiT)")
+    print(f"  {'layout':<28}" + "".join(f"{name:>26}" for name in SIZES))
+    for label, layout in layouts:
+        cells = []
+        for latent in SIZES.values():
+            m = memory_per_gpu(config, layout, token_count(config, *latent))
+            cells.append(f"{m.weights:.1f} + {m.activations:.1f} = {m.total:.1f}")
+        print(f"  {label:<28}" + "".join(f"{cell:>26}" for cell in cells))
+
+
 # ---- measured: a tiny DiT on gloo ------------------------------------------------------------------------
 
 TINY_SP = OFFICIAL_14B.replace(dim=192, ffn_dim=384, num_heads=12, num_layers=2, freq_dim=32, text_dim=32,
@@ -178,4 +201,5 @@ def measured_check() -> bool:
 
 if __name__ == "__main__":
     paper_table()
+    memory_table()
     sys.exit(0 if measured_check() else 1)
