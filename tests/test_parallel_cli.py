@@ -18,7 +18,7 @@ from tiny_models import build_tiny_dit_checkpoint, build_tiny_wan_dir
 
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
-WIDTH, HEIGHT = 48, 32  # latent 4 x 6 -> tokens (2 + 2) x 2 x 3 = 24 at 5 frames; 24 + ... see the run test
+WIDTH, HEIGHT = 48, 32  # latent 4 x 6: (2 + 2) token frames x 2 x 3 = 24 tokens at 5 frames
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,13 @@ def assets(tmp_path_factory):
         (root / name).mkdir()
         for i in range(9):
             Image.fromarray(rng.integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
-    return {"root": root, "wan": build_tiny_wan_dir(root / "wan"), "dit": build_tiny_dit_checkpoint(root / "dit.safetensors")}
+    # No Wan components here (building them imports transformers): the checks below come before they are needed.
+    return {"root": root, "wan": root / "no_wan", "dit": build_tiny_dit_checkpoint(root / "dit.safetensors")}
+
+
+@pytest.fixture(scope="module")
+def assets_with_wan(assets):
+    return {**assets, "wan": build_tiny_wan_dir(assets["root"] / "wan")}
 
 
 def animate_args(assets, out: Path, *extra: str) -> list[str]:
@@ -62,12 +68,18 @@ def run_in_process(monkeypatch, capsys, world: int, args: list[str]) -> tuple[in
     (2, ["--ulysses", "2", "--dist-backend", "nccl"], "--dist-backend nccl needs CUDA GPUs"),
     (2, ["--cfg-parallel", "--sequential-conditions"], "cannot be combined with --sequential-conditions"),
     (1, ["--dit-fsdp"], "--dit-fsdp shards the DiT over several processes"),
+    (1, ["--dist-backend", "gloo"], "--dist-backend gloo applies to multi-process runs"),
+    (2, [], "the layout needs 1 process (--ulysses 1 x CFG 1) but 2 are running"),
+    (2, ["--ulysses", "2", "--device", "cuda:1"], None),
 ])
 def test_ulysses_layout_errors_come_before_any_process_group(assets, tmp_path, monkeypatch, capsys, world, extra,
                                                             message):
     code, err = run_in_process(monkeypatch, capsys, world, animate_args(assets, tmp_path / "o.mp4", *extra))
     assert code == 2
-    assert message in err
+    if message is None:  # "cuda:1": refused either as unknown (no GPU here) or as an explicit index
+        assert "--device cuda:1" in err
+    else:
+        assert message in err
     assert not (tmp_path / "o.mp4").exists()
 
 
@@ -76,7 +88,7 @@ def test_ulysses_dry_run_prints_memory_per_gpu(assets, tmp_path, monkeypatch, ca
     parser = cli_animate.add_arguments(__import__("argparse").ArgumentParser())
     args = parser.parse_args(animate_args(assets, tmp_path / "o.mp4", "--ulysses", "2", "--cfg-parallel",
                                           "--dit-fsdp", "--dry-run"))
-    assert cli_animate.run(args) == 0
+    assert cli_animate.run(args) == 2  # the plan is printed, then the missing Wan components are reported
     out = capsys.readouterr().out
     assert "4 processes: Ulysses sequence parallel x2, CFG parallel x2, DiT sharded with FSDP2" in out
     # latent 4 x 6 x 2 frames -> (2 + 2) x 2 x 3 = 24 tokens, 12 per rank
@@ -89,7 +101,8 @@ def read_mp4(path: Path) -> np.ndarray:
 
 
 @pytest.mark.skipif(not TORCHRUN.is_file(), reason="torchrun not installed beside the interpreter")
-def test_torchrun_animate_two_processes_writes_the_single_process_video(assets, tmp_path):
+def test_torchrun_animate_two_processes_writes_the_single_process_video(assets_with_wan, tmp_path):
+    assets = assets_with_wan
     single, parallel = tmp_path / "single.mp4", tmp_path / "parallel.mp4"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}
     assert cli_animate.main(animate_args(assets, single)) == 0

@@ -45,7 +45,8 @@ def layout_from_args(args: argparse.Namespace) -> ParallelLayout:
 
 
 def parallel_requested(args: argparse.Namespace, env: LaunchEnv) -> bool:
-    return env.world > 1 or layout_from_args(args) != ParallelLayout(backend=args.dist_backend)
+    """Under torchrun, or any multi-GPU option given (then checked: none is ever silently ignored)."""
+    return env.world > 1 or layout_from_args(args) != ParallelLayout()
 
 
 def _dit_heads(args: argparse.Namespace) -> int | None:

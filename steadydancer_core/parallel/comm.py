@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 
 ProcessGroup = dist.ProcessGroup
+# torch 2.13 renamed all_gather_into_tensor (now deprecated) to all_gather_single; older releases have only the first.
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 
 class CommCounter:
@@ -126,7 +128,7 @@ def all_gather_rows(x: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
     x = x.contiguous()
     record("all_gather_single", x)
     out = x.new_empty((group_size(group) * x.shape[0], *x.shape[1:]))
-    dist.all_gather_single(out, x, group=group)
+    _all_gather_single(out, x, group=group)
     return out
 
 

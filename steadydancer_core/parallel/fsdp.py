@@ -19,7 +19,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from ..model.checkpoint import check_is_steadydancer, check_state_dict_shapes, load_state_dict, read_checkpoint_config
+from ..model.checkpoint import _OpenCheckpoint, check_is_steadydancer, check_state_dict_shapes, read_checkpoint_config
 from ..model.dit import SteadyDancerDiT
 
 
@@ -34,17 +34,18 @@ def shard_dit(dit: SteadyDancerDiT, mesh: DeviceMesh) -> SteadyDancerDiT:
 @torch.no_grad()
 def load_dit_fsdp(path: str | Path, mesh: DeviceMesh, *, dtype: torch.dtype, device: torch.device) -> SteadyDancerDiT:
     """A sharded ``SteadyDancerDiT`` from a checkpoint (any layout ``load_dit`` reads); call on every rank."""
-    config = read_checkpoint_config(path)
-    dit = shard_dit(SteadyDancerDiT(config, dtype=dtype, device="meta"), mesh)
-    dit.to_empty(device=device)
-    state = load_state_dict(path)  # memory-mapped views in the stored dtype
-    check_is_steadydancer(state.keys(), str(path))
-    targets = dict(dit.state_dict())
-    check_state_dict_shapes({k: t.shape for k, t in targets.items()}, {k: t.shape for k, t in state.items()}, str(path))
-    for name, target in targets.items():
-        full = state[name].to(device=device, dtype=target.dtype)
-        if isinstance(target, DTensor):
-            target.copy_(distribute_tensor(full, target.device_mesh, target.placements, src_data_rank=None))
-        else:
-            target.copy_(full)
+    with _OpenCheckpoint(path) as ckpt:
+        shapes = ckpt.parameter_shapes
+        check_is_steadydancer(shapes.keys(), str(ckpt.path))
+        dit = shard_dit(SteadyDancerDiT(read_checkpoint_config(path), dtype=dtype, device="meta"), mesh)
+        dit.to_empty(device=device)
+        targets = dict(dit.state_dict())
+        check_state_dict_shapes({k: t.shape for k, t in targets.items()}, shapes, str(ckpt.path))
+        for name, target in targets.items():
+            # One full tensor at a time, read (and dequantised, for scaled fp8) straight into the target dtype.
+            full = ckpt.tensor(name, target.dtype, device)
+            if isinstance(target, DTensor):
+                target.copy_(distribute_tensor(full, target.device_mesh, target.placements, src_data_rank=None))
+            else:
+                target.copy_(full)
     return dit.eval()

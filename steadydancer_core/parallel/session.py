@@ -76,8 +76,12 @@ def check_layout(layout: ParallelLayout, env: LaunchEnv, *, batched_conditions: 
     if layout.world != env.world:
         how = (f"torchrun --nproc_per_node={layout.world} -m steadydancer_core animate ..." if env.world == 1
                else f"--ulysses and --cfg-parallel whose product is {env.world}")
-        raise InputError(f"the layout needs {layout.world} processes (--ulysses {layout.ulysses} x CFG {layout.cfg}) "
-                         f"but {env.world} {'is' if env.world == 1 else 'are'} running; use {how}")
+        raise InputError(f"the layout needs {layout.world} process{'es' if layout.world > 1 else ''} (--ulysses "
+                         f"{layout.ulysses} x CFG {layout.cfg}) but {env.world} {'is' if env.world == 1 else 'are'} "
+                         f"running; use {how}")
+    if layout.backend != "auto" and layout.world == 1:
+        raise InputError(f"--dist-backend {layout.backend} applies to multi-process runs (--ulysses and/or "
+                         "--cfg-parallel under torchrun); a single process needs no backend")
     if layout.fsdp and layout.world == 1:
         raise InputError("--dit-fsdp shards the DiT over several processes; run under torchrun with --ulysses "
                          "and/or --cfg-parallel")

@@ -20,7 +20,7 @@ from tiny_models import build_tiny_dit_checkpoint  # noqa: E402
 
 
 @pytest.mark.skipif(not TORCHRUN.is_file(), reason="torchrun not installed beside the interpreter")
-def test_sequence_parallel_training_two_ranks_equal_one_process(tmp_path):
+def test_token_split_training_two_ranks_equal_one_process(tmp_path):
     root = write_training_fixture(tmp_path)
     build_tiny_dit_checkpoint(root / "start" / "final" / "dit_merged", MICRO, sharded=True)  # the student's start
     one = single_thread(run_stage, config_from_dict(make_cfg(root, "sp_one", 2, "none", 1)))
@@ -40,7 +40,7 @@ def test_sequence_parallel_training_two_ranks_equal_one_process(tmp_path):
         torch.testing.assert_close(merged_two[key], merged_one[key], rtol=1e-5, atol=1e-5)
 
 
-def test_sequence_parallel_training_config_errors(tmp_path):
+def test_token_split_training_config_errors(tmp_path):
     from steadydancer_train.distributed import check_sequence_parallel
     from steadydancer_train.config import ConfigError
 
