@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from ..errors import USER_ERROR_EXIT, UserError
+from ..errors import USER_ERROR_EXIT, InputError, UserError
 from .session import BACKENDS, CFG_DEGREES, LaunchEnv, ParallelLayout, ParallelSession, check_layout, rank_device
 from .session import resolve_backend
 
@@ -70,6 +70,9 @@ def check_parallel_args(args: argparse.Namespace, env: LaunchEnv) -> tuple[Paral
     if args.dry_run:  # a plan for the layout, also without torchrun
         env = LaunchEnv(env.rank, layout.world, env.local_rank)
     check_layout(layout, env, batched_conditions=not args.sequential_conditions, num_heads=_dit_heads(args))
+    if layout.cfg > 1 and args.w_text == 1.0 and args.w_pose == 0.0:
+        raise InputError("--cfg-parallel splits the DC-CFG passes of a step, but --w-text 1 --w-pose 0 leaves one pass "
+                         "per step; use --ulysses for these ranks instead")
     device = rank_device(parse_device(args.device), env)
     resolve_backend(layout, device.type)
     return layout, device
