@@ -10,15 +10,12 @@ prediction on every rank, so all ranks step the same latent. Workers only ever h
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import Any, Callable
 
 import torch
 
 from ..pipeline import Conditioning, RunPlan, SamplingSettings, SteadyDancerPipeline
 from .session import ParallelSession
-
-log = logging.getLogger(__name__)
 
 
 def move_conditioning(cond: Conditioning, device: torch.device | str) -> Conditioning:
