@@ -17,7 +17,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from .encoders import missing_wan_components, missing_weights_message
 from .errors import InputError, Problems, report_user_errors
 from .frame_sources import Frames, ImageFolderFrames, RenderedPoseFrames
 from .memory import DIT_DTYPES, DiTPlacement, add_memory_arguments, memory_lines, placement_from_args
+from .parallel.cli import add_parallel_arguments, run_parallel
 from .pipeline import (
     DEFAULT_FRAMES,
     DEFAULT_MAX_AREA,
@@ -43,6 +44,7 @@ from .video import VideoReadError, VideoWriter, read_image, read_video
 
 if TYPE_CHECKING:
     from .model.config import DiTConfig
+    from .pipeline import SteadyDancerPipeline
 
 log = logging.getLogger("steadydancer_core.animate")
 
@@ -130,6 +132,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     long.add_argument("--color-match", choices=COLOR_MATCH_MODES, default=DEFAULT_COLOR_MATCH,
                       help="histogram-match each later segment to the reference or the previous segment")
 
+    add_parallel_arguments(parser)
     parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                         help="check every input and print the plan; load nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -405,10 +408,10 @@ def check_compatible(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    return report_user_errors(lambda: _run(args))
+    return report_user_errors(lambda: run_parallel(args, _run))  # plain _run unless under torchrun
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, pipeline_class: "Callable[..., SteadyDancerPipeline] | None" = None) -> int:
     problems = Problems()
     job = prepare(args, problems)
     missing = missing_weights(args)
@@ -449,10 +452,11 @@ def _run(args: argparse.Namespace) -> int:
 
     from .pipeline import SteadyDancerPipeline
 
-    pipeline = SteadyDancerPipeline(args.wan_dir, args.dit, device=job.device, dit_dtype=job.dtype,
-                                    text_dtype=torch.bfloat16 if job.device.type == "cuda" else torch.float32,
-                                    clip_dtype=torch.float16 if job.device.type == "cuda" else torch.float32,
-                                    dit_placement=job.placement)
+    make_pipeline = pipeline_class or SteadyDancerPipeline  # parallel.cli passes its DistributedPipeline
+    pipeline = make_pipeline(args.wan_dir, args.dit, device=job.device, dit_dtype=job.dtype,
+                             text_dtype=torch.bfloat16 if job.device.type == "cuda" else torch.float32,
+                             clip_dtype=torch.float16 if job.device.type == "cuda" else torch.float32,
+                             dit_placement=job.placement)
     # Both files appear together, and only when the whole video was generated.
     with atomic_path(job.video_path) as video_tmp, atomic_path(job.frame0_path) as frame0_tmp:
         with VideoWriter(video_tmp, fps=OUTPUT_FPS) as writer:

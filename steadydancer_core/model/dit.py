@@ -11,7 +11,7 @@ cast to it. Parameter names equal the official state-dict keys.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol
 
 import torch
 import torch.nn as nn
@@ -31,6 +31,16 @@ REFERENCE_FRAMES = 2
 #: (CLIP tokens at the front of the context); ``run(args)`` runs the original block on such a dict. The layout
 #: is the one DiT block patches use (ComfyUI's ``patches_replace["dit"]``), so an adapter can pass them through.
 BlockReplacement = Callable[[dict[str, Any], dict[str, Callable[[dict[str, Any]], dict[str, Any]]]], dict[str, Any]]
+
+
+class TokenSharding(Protocol):
+    """Splits the tokens over ranks before the blocks and gathers the head's output after them
+    (``steadydancer_core.parallel.sequence_parallel.UlyssesSharding``)."""
+
+    def shard(self, tokens: torch.Tensor, rope_cos: torch.Tensor, rope_sin: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+    def gather(self, tokens: torch.Tensor) -> torch.Tensor: ...
 
 
 class SteadyDancerDiT(nn.Module):
@@ -78,6 +88,8 @@ class SteadyDancerDiT(nn.Module):
         ])
         self.head = Head(dim, config.out_dim, config.patch_size, config.eps, operations, **ops)
         self.img_emb = MLPProj(config.clip_dim, dim, operations, **ops)
+        # Sequence parallelism (None: one process holds every token); set by steadydancer_core.parallel.
+        self.sequence_parallel: TokenSharding | None = None
 
     # ---- input checks ------------------------------------------------------------------------
 
@@ -183,6 +195,7 @@ class SteadyDancerDiT(nn.Module):
         ref_x_tokens = self.patch_embedding(torch.cat([ref_x, mask_ones, ref_x], dim=1))
         ref_c_tokens = self.patch_embedding_ref_c(ref_c)
         tokens = torch.cat([video, ref_x_tokens, ref_c_tokens], dim=2)
+        del video, ref_x_tokens, ref_c_tokens  # the concatenation holds them; do not keep two copies alive
         grid = tuple(tokens.shape[2:])
         tokens = tokens.flatten(2).transpose(1, 2)
 
@@ -202,6 +215,8 @@ class SteadyDancerDiT(nn.Module):
         context_clip = self.img_emb(clip_fea_x) + self.img_emb(clip_fea_c)
         context = torch.cat([context_clip, context], dim=1)
         image_tokens = context_clip.shape[1]
+        if self.sequence_parallel is not None:  # this rank's block of the tokens (everything above is whole)
+            tokens, rope_cos, rope_sin = self.sequence_parallel.shard(tokens, rope_cos, rope_sin)
 
         for i, block in enumerate(self.blocks):
             replacement = block_replacements.get(i) if block_replacements else None
@@ -212,7 +227,10 @@ class SteadyDancerDiT(nn.Module):
                         "context_img_len": image_tokens}
                 tokens = replacement(args, {"original_block": self._block_runner(block)})["img"]
 
-        out = self.unpatchify(self.head(tokens, e), grid)
+        out = self.head(tokens, e)
+        if self.sequence_parallel is not None:
+            out = self.sequence_parallel.gather(out)
+        out = self.unpatchify(out, grid)
         return out[:, :, :t]
 
     @staticmethod

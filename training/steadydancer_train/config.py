@@ -129,6 +129,9 @@ class ComputeConfig:
     strategy: str = "auto"  # auto (stage 2: fsdp2, stages 1/3: ddp) | fsdp2 | ddp | none
     backend: str = "auto"  # auto (nccl on cuda, gloo on cpu) | nccl | gloo
     attention: str = "sdpa"
+    # Ulysses sequence parallel group size (1 = off): each sample's tokens split over this many ranks, which then
+    # see the same sample; data parallel over world / sequence_parallel groups (steadydancer_core.parallel).
+    sequence_parallel: int = 1
 
 
 @dataclass

@@ -60,6 +60,29 @@ def init_distributed(device_choice: str, backend_choice: str) -> DistInfo:
     return DistInfo(rank, world, local_rank, device)
 
 
+def check_sequence_parallel(size: int, world: int, num_heads: int) -> None:
+    """``compute.sequence_parallel``: a group size that divides the world and the DiT's head count."""
+    from steadydancer_core.parallel.sequence_parallel import check_heads_divisible
+
+    if size < 1 or world % size:
+        raise ConfigError(f"compute.sequence_parallel ({size}) must be >= 1 and divide the number of processes "
+                          f"({world})")
+    try:
+        check_heads_divisible(num_heads, size)
+    except ValueError as err:
+        raise ConfigError(f"compute.sequence_parallel: {err}") from err
+
+
+def sequence_parallel_group(info: DistInfo, size: int) -> dist.ProcessGroup | None:
+    """The Ulysses group of this rank: ``size`` consecutive ranks (a (data, sequence) mesh); None when off."""
+    if size == 1:
+        return None
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh(info.device.type, (info.world // size, size), mesh_dim_names=("data", "sequence"))
+    return mesh.get_group("sequence")
+
+
 def resolve_strategy(choice: str, stage: int, world: int) -> str:
     if choice == "auto":
         if world == 1:

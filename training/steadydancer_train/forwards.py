@@ -57,9 +57,15 @@ def transformer_tail(dit: SteadyDancerDiT, video: torch.Tensor, extra_frames: Se
     context = dit.text_embedding(context)
     context_clip = sum(dit.img_emb(c.to(device=device, dtype=dtype)) for c in clip_features)
     context = torch.cat([context_clip, context], dim=1)
+    sharding = dit.sequence_parallel  # the same token split as SteadyDancerDiT.forward (compute.sequence_parallel)
+    if sharding is not None:
+        tokens, rope_cos, rope_sin = sharding.shard(tokens, rope_cos, rope_sin)
     for block in dit.blocks:
         tokens = block(tokens, e0, context, context_clip.shape[1], rope_cos, rope_sin)
-    return dit.unpatchify(dit.head(tokens, e), grid)[:, :, :num_frames]
+    out = dit.head(tokens, e)
+    if sharding is not None:
+        out = sharding.gather(out)
+    return dit.unpatchify(out, grid)[:, :, :num_frames]
 
 
 def uncond_forward(dit: SteadyDancerDiT, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,

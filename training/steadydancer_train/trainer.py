@@ -30,12 +30,13 @@ import yaml
 
 from steadydancer_core.atomic_output import atomic_path, check_output_path
 from steadydancer_core.errors import InputError
+from steadydancer_core.parallel.sequence_parallel import enable_sequence_parallel
 
 from . import checkpointing, flow
 from .config import ConfigError, PoseSimConfig, TrainConfig, require
 from .data import CachedClips, clip_index, global_sample_number, sample_generator, sample_torch_seed, sim_key
-from .distributed import (DTYPES, DistInfo, all_reduce_mean, barrier, full_state_dict, init_distributed, no_sync,
-                          resolve_strategy, shutdown)
+from .distributed import (DTYPES, DistInfo, all_reduce_mean, barrier, check_sequence_parallel, full_state_dict,
+                          init_distributed, no_sync, resolve_strategy, sequence_parallel_group, shutdown)
 from .exports import write_exports
 from .losses import distill_mse, flow_mse
 from .metrics import MetricsLog
@@ -184,6 +185,7 @@ class StageRunner:
         self.compute_dtype = DTYPES[cfg.compute.dtype]
         self.plan = stage_plan(cfg)
         self.clips = CachedClips(cfg.data.cache_dir)
+        check_sequence_parallel(cfg.compute.sequence_parallel, self.info.world, self.config.num_heads)
         sims = cfg.pose_sim.variants if cfg.stage == 3 and cfg.pose_sim.probability > 0 else None
         c = self.config
         self.clips.validate(in_dim=c.in_dim, in_dim_c=c.in_dim_c, out_dim=c.out_dim, clip_dim=c.clip_dim,
@@ -221,6 +223,12 @@ class StageRunner:
                                                             cfg.model.ref_c_init, cfg.seed)}
         student = build_dit_module(self.config, cfg.lora if self.plan.lora else None, self.plan, self.compute_dtype,
                                    cfg.compute.gradient_checkpointing, cfg.model.pose_dropout)
+        if cfg.compute.sequence_parallel > 1 and self.strategy == "none":
+            raise ConfigError("compute.sequence_parallel needs DDP or FSDP2 to sum the ranks' partial gradients; "
+                              "compute.strategy is none")
+        sp_group = sequence_parallel_group(info, cfg.compute.sequence_parallel)
+        if sp_group is not None:
+            enable_sequence_parallel(student.dit, sp_group)
         weights = None
         if needs_weights:
             lora = lora_init_tensors(student.dit, cfg.seed) if self.plan.lora else {}
@@ -231,6 +239,8 @@ class StageRunner:
         if self.teacher_weights is not None:
             teacher_plan = type(self.plan)(lora=False, full_modules=(), train_all=False)
             teacher = build_dit_module(self.config, None, teacher_plan, self.compute_dtype, False, False)
+            if sp_group is not None:
+                enable_sequence_parallel(teacher.dit, sp_group)
             # The teacher's pose modules are never called; they are filled with zeros to satisfy strict loading.
             tw = None
             if needs_weights:
@@ -301,7 +311,7 @@ class StageRunner:
         info = {"git_commit": _git_commit(), "world_size": self.info.world, "strategy": self.strategy,
                 "device": str(self.info.device), "torch": torch.__version__, "python": platform.python_version(),
                 "fingerprint": self.cfg.fingerprint(), "clips": len(self.clips),
-                "global_batch": self.info.world * self.cfg.optim.grad_accum,
+                "global_batch": self.info.world // self.cfg.compute.sequence_parallel * self.cfg.optim.grad_accum,
                 "trainable_parameters": sum(p.numel() for p in self.params)}  # DTensor.numel() is the global size
         for name, text in (("config.resolved.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False)),
                            ("run_info.json", json.dumps(info, indent=2))):
@@ -361,6 +371,7 @@ class StageRunner:
         log = MetricsLog(self.out / "metrics.jsonl", info.is_main, self.total_steps, start)
         records: list[dict[str, Any]] = []
         accum = cfg.optim.grad_accum
+        sp = cfg.compute.sequence_parallel
         try:
             for step in range(start, self.total_steps):
                 began = time.perf_counter()
@@ -371,8 +382,11 @@ class StageRunner:
                     group["lr"] = lr
                 sums: dict[str, float] = {}
                 for micro in range(accum):
-                    g = 0 if cfg.run.overfit_one_sample else global_sample_number(step, micro, info.rank, info.world, accum)
-                    terms = self.micro_step(g, 1.0 / accum, micro == accum - 1)
+                    # The ranks of a sequence-parallel group share a sample; the engines average gradients over the
+                    # world, where a group's ranks hold partial sums (their tokens' share): hence the factor sp.
+                    g = 0 if cfg.run.overfit_one_sample else global_sample_number(step, micro, info.rank // sp,
+                                                                                  info.world // sp, accum)
+                    terms = self.micro_step(g, sp / accum, micro == accum - 1)
                     for key, value in terms.items():
                         sums[key] = sums.get(key, 0.0) + value / accum
                 grad_norm = self._clip()
