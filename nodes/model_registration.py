@@ -169,7 +169,7 @@ class SteadyDancerModel(comfy.model_base.WAN21):
         self.image_to_video = True
 
     def load_model_weights(self, sd: dict[str, Any], unet_prefix: str = "") -> "SteadyDancerModel":
-        check_packed_tensors_dequantisable(self.diffusion_model, sd, unet_prefix)
+        unpack_gguf_tensors_without_layer(self.diffusion_model, sd, unet_prefix)
         return super().load_model_weights(sd, unet_prefix)
 
     def _apply_model(self, x: torch.Tensor, t: torch.Tensor, c_concat: torch.Tensor | None = None,
@@ -213,38 +213,36 @@ def _dequantises_at_use(module: torch.nn.Module) -> bool:
     return type(module) is not getattr(comfy.ops.manual_cast, type(module).__name__, None)
 
 
-def check_packed_tensors_dequantisable(dit: torch.nn.Module, state_dict: dict[str, Any], prefix: str = "") -> None:
-    """Refuse a GGUF state dict whose quantised (packed) tensor would reach a consumer that cannot unpack it.
+def unpack_gguf_tensors_without_layer(dit: torch.nn.Module, state_dict: dict[str, Any], prefix: str = "") -> None:
+    """Make a GGUF state dict loadable where ComfyUI-GGUF's layers do not reach (in place).
 
-    Such a tensor's storage shape differs from its logical ``shape``; loading it into a Conv3d or a bare
-    parameter fails with a bare shape mismatch, or worse, uses the packed bytes as weights.
+    A quantised (packed) tensor's storage shape differs from its logical ``shape``. Inside ComfyUI-GGUF's
+    layers it is dequantised at use. A bare parameter (the alignment unit's packed in-projection, LayerNorm2D,
+    modulations, norm weights) would receive the packed bytes, so it is dequantised here, once, with the
+    ``gguf`` library (these tensors are small: 49,152 elements for the in-projection). A Conv3d weight
+    cannot be: ComfyUI-GGUF's ops have no Conv3d and its fallback only casts, so such a file is refused by name.
     """
     modules = dict(dit.named_modules())
-
-    def owner_of(key: str) -> torch.nn.Module | None:
-        # By path, not by parameter: ComfyUI-GGUF's Linear has no weight until it is loaded.
-        path, _, name = key.rpartition(".")
-        internal = getattr(modules.get(path), "_RELEASED_NAMES", {}).get(name)  # in_proj_weight -> in_proj.weight
-        if internal is not None:
-            path = f"{path}.{internal.rpartition('.')[0]}"
-        return modules.get(path)
-
-    for stored_key, tensor in state_dict.items():
+    for stored_key, tensor in list(state_dict.items()):
         if not stored_key.startswith(prefix) or not isinstance(tensor, torch.Tensor):
             continue
         if tuple(torch.Tensor.size(tensor)) == tuple(tensor.shape):
             continue  # a plain tensor
         key = stored_key[len(prefix):]
-        owner = owner_of(key)
+        owner = modules.get(key.rpartition(".")[0])
         if owner is not None and _dequantises_at_use(owner):
             continue
-        qtype = getattr(getattr(tensor, "tensor_type", None), "name", "a packed type")
-        used_by = f"a {type(owner).__name__} layer" if owner is not None and hasattr(owner, "comfy_cast_weights") \
-            else "the model directly (a bare parameter)"
-        raise ValueError(
-            f"SteadyDancer GGUF: {key} is stored as {qtype}, but it is used by {used_by}, which ComfyUI-GGUF "
-            "does not dequantise. Such tensors must be F32 or F16 in the file; convert the model with "
-            "'python -m steadydancer_core convert --to gguf', which keeps them so.")
+        qtype = getattr(tensor, "tensor_type", None)
+        if owner is not None and hasattr(owner, "comfy_cast_weights"):
+            raise ValueError(
+                f"SteadyDancer GGUF: {key} is stored as {getattr(qtype, 'name', 'a packed type')}, but it is used by "
+                f"a {type(owner).__name__} layer, which ComfyUI-GGUF does not dequantise. Such tensors must be F32 "
+                "or F16 in the file; convert the model with 'python -m steadydancer_core convert --to gguf'.")
+        import gguf  # ComfyUI-GGUF's own dependency: present whenever its tensors are
+
+        raw = torch.Tensor.numpy(torch.Tensor.detach(tensor).cpu())
+        values = gguf.quants.dequantize(raw, qtype)
+        state_dict[stored_key] = torch.from_numpy(values.astype("float32")).reshape(tuple(tensor.shape))
 
 
 def check_fp8_scales_understood(state_dict: dict[str, Any], scaled_fp8: Any) -> None:

@@ -41,14 +41,8 @@ def tiny_inputs(seed: int = 1, frames: int = 3, size: int = 4) -> dict[str, torc
 
 
 def linear_weight_keys(model: nn.Module) -> list[str]:
-    """``<module>.weight`` of every ``nn.Linear`` of the released model (what Kijai's fp8-scaled files quantise).
-
-    The alignment unit's packed in-projection is a Linear here but ``nn.MultiheadAttention.in_proj_weight``
-    (key ``in_proj_weight``, not ``.weight``) in the release, so it is not one of them.
-    """
-    keys = model.state_dict().keys()
-    return [f"{name}.weight" for name, module in model.named_modules()
-            if isinstance(module, nn.Linear) and f"{name}.weight" in keys]
+    """``<module>.weight`` of every ``nn.Linear`` (what Kijai's fp8-scaled files quantise)."""
+    return [f"{name}.weight" for name, module in model.named_modules() if isinstance(module, nn.Linear)]
 
 
 def quantize_scaled_fp8(model: nn.Module, scale_suffix: str = ".scale_weight"

@@ -143,9 +143,9 @@ class _CastingOps:
             return F.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
 
 
-#: The parameters that live outside an ``operations`` layer and are cast at use (the alignment unit's
-#: packed in-projection is an ``operations.Linear``, so GGUF files may quantise it).
+#: The parameters that live outside an ``operations`` layer and are cast at use.
 BARE_PARAMETER_SUFFIXES = ("modulation", "norm_q.weight", "norm_k.weight", "norm_k_img.weight",
+                           "cross_attn.in_proj_weight", "cross_attn.in_proj_bias",
                            "align.norm1.weight", "align.norm1.bias", "align.norm2.weight", "align.norm2.bias")
 
 

@@ -181,27 +181,3 @@ def test_pose_strength_defaults_are_official_and_zero_changes_output():
     assert (no_spatial - default).abs().max() > 1e-4
     assert (no_temporal - default).abs().max() > 1e-4
     assert (no_spatial - no_temporal).abs().max() > 1e-4
-
-
-def test_packed_in_projection_is_a_layer_saved_under_released_keys():
-    """The in-projection is an ``operations.Linear`` (so ComfyUI/GGUF can dequantise it at use) whose
-    weights load from and save to nn.MultiheadAttention's key names, and are reachable by those names."""
-    model = make_model()
-    attn = model.condition_embedding_align.cross_attn
-    assert isinstance(attn.in_proj, torch.nn.Linear)
-    keys = model.state_dict().keys()
-    prefix = "condition_embedding_align.cross_attn."
-    assert {prefix + "in_proj_weight", prefix + "in_proj_bias"} <= keys
-    assert not any(".in_proj." in k for k in keys)
-
-    source = make_model()
-    g = torch.Generator().manual_seed(11)
-    state = {k: torch.randn(v.shape, generator=g) for k, v in source.state_dict().items()}
-    model.load_state_dict(state, strict=True)
-    torch.testing.assert_close(attn.in_proj.weight, state[prefix + "in_proj_weight"], rtol=0, atol=0)
-    torch.testing.assert_close(model.state_dict()[prefix + "in_proj_bias"], state[prefix + "in_proj_bias"],
-                               rtol=0, atol=0)
-    # Get/set by the released attribute name (what ComfyUI's weight patcher does with state-dict keys).
-    replacement = torch.nn.Parameter(torch.zeros_like(attn.in_proj_weight))
-    attn.in_proj_weight = replacement
-    assert attn.in_proj.weight is replacement and attn.in_proj_weight is replacement

@@ -99,8 +99,8 @@ def test_gguf_file_loads_through_city96_loader_and_runs(gguf_pack, dit_sd, gguf_
     folder, names = gguf_files
     patcher = gguf_pack.NODE_CLASS_MAPPINGS["UnetLoaderGGUF"]().load_unet(names[quant])[0]
     assert isinstance(patcher.model, registration.SteadyDancerModel)
-    in_proj = patcher.model.diffusion_model.condition_embedding_align.cross_attn.in_proj.weight
-    assert getattr(in_proj, "tensor_type").name == quant  # the packed in-projection stays quantised in memory
+    ffn = patcher.model.diffusion_model.blocks[0].ffn[0].weight
+    assert getattr(ffn, "tensor_type").name == quant  # stays packed in memory, dequantised at use
 
     inputs = _inputs()
     got = _velocity_comfy(patcher, inputs, 0.6)
@@ -117,17 +117,41 @@ def test_gguf_file_loads_through_city96_loader_and_runs(gguf_pack, dit_sd, gguf_
         assert not torch.equal(got, reference)
 
 
-def test_gguf_quantised_tensor_where_no_layer_dequantises_is_a_clear_error(gguf_pack, gguf_files):
-    """A GGUF made elsewhere with a quantised Conv3d weight or bare parameter: refused, naming the key."""
+@pytest.mark.parametrize("qtype", ["BF16", "Q8_0"])
+def test_gguf_packed_bare_parameters_load(gguf_pack, gguf_files, qtype):
+    """Files from other converters store the pose branch's bare in-projection (and may store modulations)
+    packed: the issue's BF16/Q8_0 load failure. They load and compute the model they hold."""
     import gguf
     import comfy.sd
 
     folder, names = gguf_files
-    state = gguf_pack.loader.gguf_sd_loader(str(folder / names["Q8_0"]))
-    bf16 = gguf.quants.quantize(torch.ones(1, 6, 256).numpy(), gguf.GGMLQuantizationType.BF16)
-    state["blocks.0.modulation"] = gguf_pack.ops.GGMLTensor(
-        torch.from_numpy(bf16), tensor_type=gguf.GGMLQuantizationType.BF16, tensor_shape=torch.Size((1, 6, 256)))
-    with pytest.raises(ValueError, match=r"blocks\.0\.modulation.*BF16"):
+    state = gguf_pack.loader.gguf_sd_loader(str(folder / names["F16"]))
+    held = _file_weights(folder / names["F16"])
+    kind = gguf.GGMLQuantizationType[qtype]
+    for key in ("condition_embedding_align.cross_attn.in_proj_weight", "blocks.0.modulation"):
+        value = held[key].numpy().reshape(-1, held[key].shape[-1])
+        packed = gguf.quants.quantize(value, kind)
+        state[key] = gguf_pack.ops.GGMLTensor(torch.from_numpy(packed), tensor_type=kind,
+                                              tensor_shape=held[key].shape)
+        held[key] = torch.from_numpy(gguf.quants.dequantize(packed, kind)).reshape(held[key].shape)
+    patcher = comfy.sd.load_diffusion_model_state_dict(state, model_options={"custom_operations": gguf_pack.ops.GGMLOps})
+    inputs = _inputs()
+    torch.testing.assert_close(_velocity_comfy(patcher, inputs, 0.6), _velocity_core(held, inputs, 0.6),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_gguf_quantised_conv3d_is_a_clear_error(gguf_pack, gguf_files):
+    """ComfyUI-GGUF has no Conv3d: a file that quantises a 5-D weight is refused, naming the key."""
+    import gguf
+    import comfy.sd
+
+    folder, names = gguf_files
+    state = gguf_pack.loader.gguf_sd_loader(str(folder / names["F16"]))
+    shape = state["patch_embedding_fuse.weight"].shape
+    packed = gguf.quants.quantize(torch.ones(shape[0], 68 * 4).numpy(), gguf.GGMLQuantizationType.BF16)
+    state["patch_embedding_fuse.weight"] = gguf_pack.ops.GGMLTensor(
+        torch.from_numpy(packed), tensor_type=gguf.GGMLQuantizationType.BF16, tensor_shape=shape)
+    with pytest.raises(ValueError, match=r"patch_embedding_fuse\.weight is stored as BF16.*Conv3d"):
         comfy.sd.load_diffusion_model_state_dict(state, model_options={"custom_operations": gguf_pack.ops.GGMLOps})
 
 

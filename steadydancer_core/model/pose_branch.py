@@ -3,8 +3,7 @@
 Module and parameter names follow the official ``small_archs.py`` / ``mobilenetv2_dcd.py`` so the
 released weights load unchanged (``condition_embedding_temporal.0.spatial.weight``,
 ``condition_embedding_spatial.fc.1.fc.0.weight``, ``condition_embedding_align.cross_attn.in_proj_weight`` ...).
-The bare parameters (LayerNorm2D affine) are cast at use; the attention's packed in-projection is an
-``operations`` layer stored under its released key names.
+Bare parameters (LayerNorm2D affine, the attention's packed in-projection) are cast at use.
 """
 from __future__ import annotations
 
@@ -127,89 +126,38 @@ class LayerNorm2D(nn.Module):
 class TemporalCrossAttention(nn.Module):
     """Multi-head attention with ``nn.MultiheadAttention``'s parameter layout, over short sequences.
 
-    Implemented here because ``nn.MultiheadAttention`` reads its weights directly and so bypasses
-    ComfyUI's cast/offload/dequantise layers. The packed in-projection (rows q, k, v) is an
-    ``operations.Linear`` (``in_proj``), so a GGUF or fp8 file may store it quantised like any layer;
-    its state-dict keys stay the released ``in_proj_weight`` / ``in_proj_bias`` (renamed on load and
-    save), next to ``out_proj.{weight,bias}``. Attention dropout 0.1 as released (training only).
+    Implemented here because ``nn.MultiheadAttention`` reads ``out_proj.weight`` directly and so
+    bypasses ComfyUI's cast/offload layers. Keys: ``in_proj_weight`` (rows q, k, v),
+    ``in_proj_bias``, ``out_proj.{weight,bias}``. Attention dropout 0.1 as released (training only).
     """
 
     # Sequences per SDPA call: CUDA attention kernels put the batch on a grid axis limited to 65535.
     MAX_SEQUENCES_PER_CALL = 16384
-    #: released state-dict name -> name inside this module
-    _RELEASED_NAMES = {"in_proj_weight": "in_proj.weight", "in_proj_bias": "in_proj.bias"}
 
     def __init__(self, dim: int, num_heads: int, operations: Operations, dropout: float = 0.1,
                  device=None, dtype=None) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.dropout = dropout
-        self.in_proj = operations.Linear(dim, 3 * dim, device=device, dtype=dtype)
+        bound = (6.0 / (dim + 3 * dim)) ** 0.5  # xavier-uniform over the packed [3*dim, dim] matrix
+        self.in_proj_weight = new_parameter((3 * dim, dim), lambda s: torch.empty(s).uniform_(-bound, bound),
+                                            device, dtype)
+        self.in_proj_bias = new_parameter((3 * dim,), torch.zeros, device, dtype)
         self.out_proj = operations.Linear(dim, dim, device=device, dtype=dtype)
-        self._init_in_proj(dim)
-        self.register_load_state_dict_pre_hook(TemporalCrossAttention._released_names_in)
-        self.register_state_dict_post_hook(TemporalCrossAttention._released_names_out)
-
-    def _init_in_proj(self, dim: int) -> None:
-        """Release initialisation: xavier-uniform over the packed [3*dim, dim] matrix, zero bias.
-
-        Skipped where the layer holds no real tensor yet (meta device, ComfyUI layers that allocate
-        at load). Computed in float32 so storage dtypes without random kernels (float8) work.
-        """
-        weight, bias = getattr(self.in_proj, "weight", None), getattr(self.in_proj, "bias", None)
-        if weight is None or weight.device.type == "meta":
-            return
-        bound = (6.0 / (dim + 3 * dim)) ** 0.5
-        with torch.no_grad():
-            weight.copy_(torch.empty(weight.shape, device=weight.device).uniform_(-bound, bound))
-            if bias is not None:
-                bias.zero_()
-
-    # Hooks are plain functions: torch marks public-API hooks with an attribute, which a bound method
-    # cannot take.
-    @staticmethod
-    def _released_names_in(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
-        for released, internal in TemporalCrossAttention._RELEASED_NAMES.items():
-            if prefix + released in state_dict:
-                state_dict[prefix + internal] = state_dict.pop(prefix + released)
-
-    @staticmethod
-    def _released_names_out(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
-        for released, internal in TemporalCrossAttention._RELEASED_NAMES.items():
-            if prefix + internal in state_dict:
-                state_dict[prefix + released] = state_dict.pop(prefix + internal)
-
-    # The released names also work as attributes: ComfyUI's weight patcher (LoRA / diff patches) gets
-    # and sets parameters by their state-dict key.
-    @property
-    def in_proj_weight(self) -> torch.Tensor:
-        return self.in_proj.weight
-
-    @property
-    def in_proj_bias(self) -> torch.Tensor:
-        return self.in_proj.bias
-
-    def __setattr__(self, name: str, value) -> None:
-        internal = self._RELEASED_NAMES.get(name)
-        if internal is not None:
-            setattr(self.in_proj, internal.split(".", 1)[1], value)
-        else:
-            super().__setattr__(name, value)
 
     def forward(self, query: torch.Tensor, key_value: torch.Tensor) -> torch.Tensor:
         """``query``/``key_value`` ``[N, S, dim]``: N independent sequences of length S."""
         n, seq, dim = query.shape
-        # One call of the layer (one dequantisation of its weight) for both inputs: q from the
-        # query rows, k and v from the key/value rows.
-        projected = self.in_proj(torch.stack([query, key_value]))
+        w_q, w_k, w_v = cast_like(self.in_proj_weight, query).chunk(3, dim=0)
+        b_q, b_k, b_v = cast_like(self.in_proj_bias, query).chunk(3, dim=0)
         head_dim = dim // self.num_heads
 
         def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.reshape(n, seq, self.num_heads, head_dim).transpose(1, 2)
+            return t.view(n, seq, self.num_heads, head_dim).transpose(1, 2)
 
-        q = heads(projected[0, ..., :dim])
-        k = heads(projected[1, ..., dim:2 * dim])
-        v = heads(projected[1, ..., 2 * dim:])
+        q = heads(F.linear(query, w_q, b_q))
+        k = heads(F.linear(key_value, w_k, b_k))
+        v = heads(F.linear(key_value, w_v, b_v))
         dropout = self.dropout if self.training else 0.0
         out = torch.cat([
             F.scaled_dot_product_attention(q[i:i + self.MAX_SEQUENCES_PER_CALL], k[i:i + self.MAX_SEQUENCES_PER_CALL],
