@@ -16,7 +16,6 @@ from __future__ import annotations
 import fnmatch
 import os
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence

@@ -70,6 +70,8 @@ def run_in_process(monkeypatch, capsys, world: int, args: list[str]) -> tuple[in
     (1, ["--dit-fsdp"], "--dit-fsdp shards the DiT over several processes"),
     (1, ["--dist-backend", "gloo"], "--dist-backend gloo applies to multi-process runs"),
     (2, ["--cfg-parallel", "--w-text", "1", "--w-pose", "0"], "leaves one pass per step"),
+    (2, ["--ulysses", "2", "--dtype", "fp8"], "are for one process; with --ulysses/--cfg-parallel use --dit-fsdp"),
+    (2, ["--cfg-parallel", "--offload", "blocks"], "are for one process; with --ulysses/--cfg-parallel use --dit-fsdp"),
     (2, [], "the layout needs 1 process (--ulysses 1 x CFG 1) but 2 are running"),
     (2, ["--ulysses", "2", "--device", "cuda:1"], None),
 ])

@@ -73,6 +73,11 @@ def check_parallel_args(args: argparse.Namespace, env: LaunchEnv) -> tuple[Paral
     if layout.cfg > 1 and args.w_text == 1.0 and args.w_pose == 0.0:
         raise InputError("--cfg-parallel splits the DC-CFG passes of a step, but --w-text 1 --w-pose 0 leaves one pass "
                          "per step; use --ulysses for these ranks instead")
+    if args.offload != "none" or args.dtype == "fp8":
+        # The ranks build their DiT (or its FSDP shard) themselves; block offloading and fp8 storage are
+        # single-process placements, and --dit-fsdp is what makes the 14B model fit smaller cards here.
+        raise InputError("--offload blocks and --dtype fp8 are for one process; with --ulysses/--cfg-parallel use "
+                         "--dit-fsdp to fit the DiT on smaller cards (and --dtype bf16)")
     device = rank_device(parse_device(args.device), env)
     resolve_backend(layout, device.type)
     return layout, device
@@ -130,7 +135,7 @@ def _dry_run(args: argparse.Namespace, layout: ParallelLayout, run_single: RunFn
 
 def memory_lines(args: argparse.Namespace, layout: ParallelLayout) -> list[str]:
     """The layout and its computed memory per GPU for the planned output (``--dry-run``)."""
-    from ..cli_animate import DTYPES, prepare
+    from ..cli_animate import prepare
     from ..model import OFFICIAL_14B
     from ..model.checkpoint import read_checkpoint_config
     from .memory import memory_per_gpu, token_count
@@ -139,7 +144,7 @@ def memory_lines(args: argparse.Namespace, layout: ParallelLayout) -> list[str]:
     config = read_checkpoint_config(args.dit) if args.dit and Path(args.dit).exists() else OFFICIAL_14B
     _, t, h, w = job.plan.runs[0].latent_shape
     tokens = token_count(config, t, h, w)
-    dtype_bytes = torch.empty((), dtype=DTYPES[args.dtype] if args.dtype else job.dtype).element_size()
+    dtype_bytes = torch.empty((), dtype=job.dtype).element_size()
     memory = memory_per_gpu(config, layout, tokens, dtype_bytes)
     return [f"parallel: {layout.describe()}",
             f"  per GPU (computed): DiT weights {memory.weights:.2f} GiB + activations {memory.activations:.2f} GiB "
