@@ -40,7 +40,7 @@ from .pipeline import (
 )
 from .segments import ANCHORS, COLOR_MATCH_MODES, DEFAULT_ANCHOR, DEFAULT_CARRY_FRAMES, DEFAULT_COLOR_MATCH
 from .segments import DEFAULT_SEGMENT_FRAMES, shortest_valid_length
-from .video import VideoReadError, VideoWriter, read_image, read_video
+from .video import IMAGE_SUFFIXES, VideoReadError, VideoWriter, read_image, read_video
 
 if TYPE_CHECKING:
     from .model.config import DiTConfig
@@ -48,7 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("steadydancer_core.animate")
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 OUTPUT_FPS = 16
 #: Canvas (pixels) keypoints are checked on when the reference image itself could not be read.
 SIZE_CHECK_CANVAS = 64

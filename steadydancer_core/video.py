@@ -294,6 +294,10 @@ def write_video(
         return writer.size
 
 
+#: Still-image file types read as frames (frame folders, reference images).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image as RGB uint8 ``[H, W, 3]``; alpha is dropped, not composited (as the official loader)."""
     path = Path(path)

@@ -90,12 +90,10 @@ def test_atomic_path_failure_leaves_no_folder_it_created(tmp_path: Path) -> None
     from steadydancer_core.atomic_output import atomic_path
 
     target = tmp_path / "out" / "nested" / "video.mp4"
-    try:
+    with pytest.raises(RuntimeError, match="the run failed"):
         with atomic_path(target) as temporary:
             temporary.write_bytes(b"half")
             raise RuntimeError("the run failed")
-    except RuntimeError:
-        pass
     assert list(tmp_path.iterdir()) == []  # out/nested/ was created for the run and is gone with it
     with atomic_path(target) as temporary:
         temporary.write_bytes(b"whole")

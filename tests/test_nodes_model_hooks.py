@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.comfyui import harness
-from tests.comfyui.tiny_models import comfy_wan21_vae, core_dit, tiny_dit_state_dict
+from tests.comfyui.tiny_models import core_dit, tiny_dit_state_dict, tiny_i2v_conditionings
 
 from steadydancer_core.model import TINY
 
@@ -38,23 +38,7 @@ def model(dit_sd):
 
 @pytest.fixture(scope="module")
 def conditionings():
-    import comfy.clip_vision
-
-    i2v = harness.pack_module("nodes.image_to_video")
-    g = torch.Generator().manual_seed(0)
-
-    def clip_out():
-        out = comfy.clip_vision.Output()
-        out["penultimate_hidden_states"] = torch.randn(1, 257, TINY.clip_dim, generator=g)
-        return out
-
-    positive, negative, _, latent = i2v.SteadyDancerImageToVideo.execute(
-        positive=[[torch.randn(1, 7, TINY.text_dim, generator=g), {}]],
-        negative=[[torch.randn(1, 7, TINY.text_dim, generator=g), {}]],
-        vae=comfy_wan21_vae(), reference_image=torch.rand(1, 32, 16, 3, generator=g),
-        pose_images=torch.rand(5, 32, 16, 3, generator=g), clip_vision_reference=clip_out(),
-        clip_vision_first_pose=clip_out(), width=16, height=32, length=5).result
-    return positive, negative, latent
+    return tiny_i2v_conditionings()  # positive, negative, latent
 
 
 class EvaluationCounter:

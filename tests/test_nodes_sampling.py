@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.comfyui import harness
-from tests.comfyui.tiny_models import comfy_wan21_vae, tiny_dit_state_dict
+from tests.comfyui.tiny_models import comfy_wan21_vae, tiny_dit_state_dict, tiny_i2v_conditionings
 
 STEPS = 10  # window (0.1, 0.4) strict on i/10 -> steps 2 and 3
 
@@ -30,24 +30,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def conditionings():
-    import comfy.clip_vision
-
-    i2v = harness.pack_module("nodes.image_to_video")
-    g = torch.Generator().manual_seed(0)
-
-    def clip_out():
-        out = comfy.clip_vision.Output()
-        out["penultimate_hidden_states"] = torch.randn(1, 257, 48, generator=g)
-        return out
-
-    result = i2v.SteadyDancerImageToVideo.execute(
-        # Same token count as ComfyUI's T5 gives (always padded to 512), so the passes batch.
-        positive=[[torch.randn(1, 7, 32, generator=g), {}]], negative=[[torch.randn(1, 7, 32, generator=g), {}]],
-        vae=comfy_wan21_vae(), reference_image=torch.rand(1, 32, 16, 3, generator=g),
-        pose_images=torch.rand(5, 32, 16, 3, generator=g), clip_vision_reference=clip_out(),
-        clip_vision_first_pose=clip_out(), width=16, height=32, length=5,
-        negative_pose_images=torch.rand(5, 32, 16, 3, generator=g)).result
-    return result  # positive, negative, negative_pose, latent
+    return tiny_i2v_conditionings(with_negative_pose=True)  # positive, negative, negative_pose, latent
 
 
 def record_calls(model):

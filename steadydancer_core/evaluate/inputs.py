@@ -18,10 +18,9 @@ import numpy as np
 
 from ..errors import InputError
 from ..pose.keypoints import PoseFrame, frames_from_dict
-from ..video import read_image, read_video
+from ..video import IMAGE_SUFFIXES, read_image, read_video
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".gif")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 KEYPOINT_SUFFIXES = (".json",)
 
 
@@ -202,6 +201,3 @@ def load_driving_keypoints(path: Path, frames: int, name: str) -> list[PoseFrame
                          f"evaluated; expected one driving pose per generated frame")
     return poses[:frames]
 
-
-def load_image(path: Path) -> np.ndarray:
-    return read_image(path)

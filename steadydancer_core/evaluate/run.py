@@ -14,10 +14,11 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..pose.detect.protocol import PoseDetector
+from ..video import read_image
 from .backbones import FID_INCEPTION, FVD_I3D, LPIPS_BACKBONES, Backbone, ensure_backbones, resolve_eval_models_dir
 from .distribution import FVD_CLIP_FRAMES, Fid, Fvd
 from .frame_metrics import PSNR_CAP, SSIM_SETTINGS, Lpips, psnr_per_frame, ssim_disco_per_frame, ssim_per_frame
-from .inputs import FramePolicy, Pair, comparable, load_driving_keypoints, load_image, read_clip
+from .inputs import FramePolicy, Pair, comparable, load_driving_keypoints, read_clip
 from .pose_following import PCK_THRESHOLDS, detect_generated_poses, pose_following
 from .temporal import temporal_summary
 
@@ -80,7 +81,7 @@ def needed_backbones(config: EvalConfig) -> list[Backbone]:
 def _load_pair(pair: Pair, config: EvalConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     generated = read_clip(pair.generated, config.policy.fps, "--generated")
     reference = read_clip(pair.reference, config.policy.fps, "--reference")
-    image = load_image(pair.image) if pair.image is not None and "first_frame" in config.metrics else None
+    image = read_image(pair.image) if pair.image is not None and "first_frame" in config.metrics else None
     return comparable(generated, reference, config.policy, pair.name, image)
 
 

@@ -131,3 +131,31 @@ def tiny_clip_vision_pair(folder: Path, seed: int = 0):
     if missing or unexpected:
         raise AssertionError(f"tiny CLIP layouts differ: missing {missing}, unexpected {unexpected}")
     return comfy_model, CLIPVisionEncoder.from_pretrained(folder)
+
+
+def tiny_i2v_conditionings(with_negative_pose: bool = False, seed: int = 0) -> tuple:
+    """SteadyDancer Image To Video's outputs for the tiny DiT (16x32, 5 frames, random VAE and CLIP features):
+    (positive, negative, negative_pose, latent), or (positive, negative, latent) without a negative pose."""
+    import comfy.clip_vision
+
+    from tests.comfyui import harness
+
+    i2v = harness.pack_module("nodes.image_to_video")
+    g = torch.Generator().manual_seed(seed)
+
+    def clip_out():
+        out = comfy.clip_vision.Output()
+        out["penultimate_hidden_states"] = torch.randn(1, 257, TINY.clip_dim, generator=g)
+        return out
+
+    inputs = dict(
+        # Same token count as ComfyUI's T5 gives (always padded to 512), so the passes batch.
+        positive=[[torch.randn(1, 7, TINY.text_dim, generator=g), {}]],
+        negative=[[torch.randn(1, 7, TINY.text_dim, generator=g), {}]],
+        vae=comfy_wan21_vae(), reference_image=torch.rand(1, 32, 16, 3, generator=g),
+        pose_images=torch.rand(5, 32, 16, 3, generator=g), clip_vision_reference=clip_out(),
+        clip_vision_first_pose=clip_out(), width=16, height=32, length=5)
+    if with_negative_pose:
+        inputs["negative_pose_images"] = torch.rand(5, 32, 16, 3, generator=g)
+    positive, negative, negative_pose, latent = i2v.SteadyDancerImageToVideo.execute(**inputs).result
+    return (positive, negative, negative_pose, latent) if with_negative_pose else (positive, negative, latent)
